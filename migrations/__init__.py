@@ -1,0 +1,1 @@
+"""Alembic migrations for rrproxy's store (installed as the `proxy.migrations` package)."""

@@ -1,0 +1,82 @@
+"""Admin endpoints under `/_rrproxy/` on the proxy's own port."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .config import check_cassette_name
+from .errors import BadRequest
+from .state import RUN, SERVICES, SETTINGS
+from .store import queries
+
+PREFIX = "/_rrproxy"
+
+
+async def health(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "mode": settings.mode.value,
+            "cassette": request.app[RUN].cassette,
+            "upstream": settings.upstream,
+        }
+    )
+
+
+async def cassettes(request: web.Request) -> web.Response:
+    summaries = await queries.cassette_summaries(request.app[SERVICES].reader)
+    return web.json_response(
+        {
+            "cassettes": [
+                {
+                    "name": s.name,
+                    "interactions": s.interactions,
+                    "events": s.events,
+                    "incomplete": s.incomplete,
+                    "last_recorded": s.last_recorded.isoformat() if s.last_recorded else None,
+                }
+                for s in summaries
+            ]
+        }
+    )
+
+
+async def reset(request: web.Request) -> web.Response:
+    """Start a new replay run: every counter back to zero."""
+    request.app[SERVICES].index.reset()
+    return web.json_response({"status": "reset", "cassette": request.app[RUN].cassette})
+
+
+async def set_cassette(request: web.Request) -> web.Response:
+    """Make another cassette the active one (and start a new run)."""
+    body = await _json(request)
+    try:
+        name = check_cassette_name(str(body.get("name", "")))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    request.app[RUN].cassette = name
+    request.app[SERVICES].index.reset()
+    return web.json_response({"status": "ok", "cassette": name})
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError:
+        raise BadRequest('the body must be JSON, such as {"name": "my-cassette"}') from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(f"{PREFIX}/health", health)
+    app.router.add_get(f"{PREFIX}/cassettes", cassettes)
+    app.router.add_post(f"{PREFIX}/reset", reset)
+    app.router.add_put(f"{PREFIX}/cassette", set_cassette)

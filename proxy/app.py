@@ -1,0 +1,97 @@
+"""The aiohttp application: routes, the error middleware, and everything with a lifetime.
+
+`create_app(settings)` builds it; the store (migrated at start), the recorder's writer task
+and the upstream client are created and closed by `cleanup_ctx` generators, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from . import admin
+from .config import Settings
+from .errors import RrproxyError
+from .forward import client_session
+from .index import Index
+from .pipeline import handle
+from .recorder import Recorder
+from .state import RUN, SERVICES, SETTINGS, RunState, Services
+from .store import migrate, queries
+from .store.engine import create_engine
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(exc: RrproxyError) -> web.Response:
+    return web.Response(
+        status=exc.status,
+        text=json.dumps(exc.body()),
+        content_type="application/json",
+        headers=exc.headers,
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RrproxyError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return error_response(exc)
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    writer = create_engine(settings.db_url, writer=True)
+    reader = create_engine(settings.db_url)
+    try:
+        await migrate.upgrade(writer)
+        repaired = await queries.mark_unfinished(writer)
+        if repaired:
+            log.warning(
+                "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
+            )
+        recorder = Recorder(writer)
+        writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
+        upstream = client_session(settings.connect_timeout, settings.read_timeout)
+        app[SERVICES] = Services(
+            settings=settings,
+            index=Index(reader, settings.effective_rules),
+            recorder=recorder,
+            reader=reader,
+            upstream=upstream,
+            redactor=settings.redact,
+        )
+        try:
+            yield
+        finally:
+            await upstream.close()
+            await recorder.close()
+            await writer_task
+    finally:
+        await reader.dispose()
+        await writer.dispose()
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    return await handle(request, request.app[SERVICES], request.app[RUN])
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=settings.max_request_body
+    )
+    app[SETTINGS] = settings
+    app[RUN] = RunState(cassette=settings.cassette)
+    app.cleanup_ctx.append(_services)
+    admin.add_routes(app)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app

@@ -1,0 +1,152 @@
+"""The `rrproxy` command (also `python -m proxy`). Only this module configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .config import Mode, Settings, load_settings
+from .errors import ConfigError, RrproxyError
+
+log = logging.getLogger("proxy")
+
+EXIT_USAGE = 2
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--db", metavar="URL_OR_PATH", help="store: SQLite file or SQLAlchemy URL")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_const",
+        const=True,
+        default=None,
+        help="log more (debug lines and the access log)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rrproxy",
+        description="Record-and-replay proxy for streaming HTTP APIs (SSE, NDJSON, plain HTTP).",
+    )
+    parser.add_argument("--version", action="version", version=f"rrproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    _settings_flags(serve)
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", help="listen port (default 8080)")
+    serve.add_argument("--upstream", metavar="URL", help="default https://api.openai.com")
+    serve.add_argument("--mode", help="/".join(m.value for m in Mode) + " (default auto)")
+    serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
+    serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
+    serve.add_argument(
+        "--strict",
+        action="store_const",
+        const=True,
+        default=None,
+        help="replay: a request beyond its recordings is a miss",
+    )
+    serve.set_defaults(run=_serve)
+
+    db = commands.add_parser("db", help="manage the store")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply the schema migrations")
+    _settings_flags(upgrade)
+    upgrade.set_defaults(run=_db_upgrade)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    names = ("host", "port", "upstream", "mode", "cassette", "db", "pace", "strict", "verbose")
+    flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
+    return load_settings(args.config, flags=flags)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("proxy").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for noisy in ("aiohttp.access", "alembic", "sqlalchemy"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(settings: Settings) -> int:
+    from .app import create_app
+
+    log.info(
+        "rrproxy %s on http://%s:%d -> %s (mode %s, cassette %r, store %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.upstream,
+        settings.mode,
+        settings.cassette,
+        settings.db,
+    )
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_timeout,
+            access_log=logging.getLogger("aiohttp.access") if settings.verbose else None,
+            print=None,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+            "choose another --port"
+        ) from exc
+    log.info("rrproxy stopped; every recorded event is in the store")
+    return 0
+
+
+def _db_upgrade(settings: Settings) -> int:
+    from .store import migrate
+    from .store.engine import create_engine
+
+    async def run() -> str | None:
+        engine = create_engine(settings.db_url, writer=True)
+        try:
+            await migrate.upgrade(engine)
+            return await migrate.current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    revision = asyncio.run(run())
+    print(f"store {settings.db} is at schema revision {revision}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        print(f"rrproxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(settings.verbose)
+    try:
+        return int(args.run(settings))
+    except ConfigError as exc:
+        print(f"rrproxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RrproxyError as exc:
+        print(f"rrproxy: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,316 @@
+"""Settings: defaults, then a TOML file, then `RRPROXY_*` variables, then command-line flags.
+
+Every key is declared once in `KEYS`; the three sources go through the same parser, so a bad
+value fails the same way wherever it came from: one line naming the key and its source.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .matching import MatchRules
+from .redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+
+ENV_PREFIX = "RRPROXY_"
+
+
+class Mode(StrEnum):
+    RECORD = "record"
+    REPLAY = "replay"
+    AUTO = "auto"
+    PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast replay sends events: `instant`, `recorded`, or a speed factor (2 = twice as fast)."""
+
+    factor: float | None = None  # None: as fast as the client reads
+
+    def __str__(self) -> str:
+        if self.factor is None:
+            return "instant"
+        return "recorded" if self.factor == 1 else f"{self.factor:g}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: str = "https://api.openai.com"
+    mode: Mode = Mode.AUTO
+    cassette: str = "default"
+    db: str = "rrproxy.db"
+    pace: Pace = Pace()
+    strict: bool = False
+    verbose: bool = False
+    max_request_body: int = 64 * 1024 * 1024
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    shutdown_timeout: float = 30.0
+    matching: MatchRules = MatchRules()
+    redact: Redactor = field(default_factory=Redactor)
+
+    @property
+    def db_url(self) -> str:
+        return database_url(self.db)
+
+    @property
+    def effective_rules(self) -> MatchRules:
+        """Matching never depends on redacted query parameters: a key recorded with one
+        secret replays for anyone."""
+        ignored = (*self.matching.ignore_query_params, *sorted(self.redact.query_params))
+        return replace(self.matching, ignore_query_params=tuple(dict.fromkeys(ignored)))
+
+
+def database_url(db: str) -> str:
+    """A SQLAlchemy async URL from a file path or a URL (sync driver names are upgraded)."""
+    if "://" not in db:
+        return f"sqlite+aiosqlite:///{Path(db).expanduser().resolve()}"
+    scheme, rest = db.split("://", 1)
+    drivers = {
+        "sqlite": "sqlite+aiosqlite",
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+    }
+    return f"{drivers.get(scheme, scheme)}://{rest}"
+
+
+# -- parsers: each takes a TOML value or a string (environment, flags) -----------------------
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ValueError("must be a non-empty string")
+    return v
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("must be a whole number")
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number") from None
+
+
+def _port(v: Any) -> int:
+    n = _int(v)
+    if not 0 <= n <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return n
+
+
+def _positive(v: Any) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of seconds") from None
+    if not (x > 0 and math.isfinite(x)):
+        raise ValueError("must be a positive number of seconds")
+    return x
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _names(v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [p for p in (s.strip() for s in v.split(",")) if p]
+    if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+        raise ValueError("must be a list of strings (comma-separated in a variable or flag)")
+    return tuple(v)
+
+
+def _lower_set(v: Any) -> frozenset[str]:
+    return frozenset(s.lower() for s in _names(v))
+
+
+def _mode(v: Any) -> Mode:
+    try:
+        return Mode(str(v).strip().lower())
+    except ValueError:
+        raise ValueError("must be one of " + ", ".join(m.value for m in Mode)) from None
+
+
+def parse_pace(v: Any) -> Pace:
+    text = str(v).strip().lower()
+    if text == "instant":
+        return Pace(None)
+    if text == "recorded":
+        return Pace(1.0)
+    try:
+        factor = float(text)
+    except ValueError:
+        factor = -1.0
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError("must be instant, recorded, or a positive speed factor such as 2")
+    return Pace(factor)
+
+
+def _upstream(v: Any) -> str:
+    url = _str(v).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL such as https://api.openai.com")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return url
+
+
+def _cassette(v: Any) -> str:
+    return check_cassette_name(_str(v))
+
+
+def check_cassette_name(name: str) -> str:
+    """Cassette names become file names: no separators, no `..`, no control characters."""
+    if (
+        not name
+        or len(name) > 200
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ):
+        raise ValueError(
+            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', "
+            "control characters, and not '.' or '..')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Key:
+    section: str | None  # TOML table, None for the top level
+    name: str
+    parse: Callable[[Any], Any]
+    apply: Callable[[Settings, Any], Settings]
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dotted.replace(".", "_").upper()
+
+
+def _set(attr: str) -> Callable[[Settings, Any], Settings]:
+    return lambda s, v: replace(s, **{attr: v})
+
+
+def _set_rule(attr: str) -> Callable[[Settings, Any], Settings]:
+    return lambda s, v: replace(s, matching=replace(s.matching, **{attr: v}))
+
+
+def _set_redact(attr: str) -> Callable[[Settings, Any], Settings]:
+    return lambda s, v: replace(s, redact=replace(s.redact, **{attr: v}))
+
+
+KEYS: tuple[Key, ...] = (
+    Key(None, "host", _str, _set("host")),
+    Key(None, "port", _port, _set("port")),
+    Key(None, "upstream", _upstream, _set("upstream")),
+    Key(None, "mode", _mode, _set("mode")),
+    Key(None, "cassette", _cassette, _set("cassette")),
+    Key(None, "db", _str, _set("db")),
+    Key(None, "pace", parse_pace, _set("pace")),
+    Key(None, "strict", _bool, _set("strict")),
+    Key(None, "verbose", _bool, _set("verbose")),
+    Key(None, "max_request_body", _int, _set("max_request_body")),
+    Key("timeouts", "connect", _positive, _set("connect_timeout")),
+    Key("timeouts", "read", _positive, _set("read_timeout")),
+    Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
+    Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
+    Key("matching", "match_headers", _names, _set_rule("match_headers")),
+    Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
+    Key("redact", "headers", _lower_set, _set_redact("headers")),
+    Key("redact", "query_params", _lower_set, _set_redact("query_params")),
+)
+KEYS_BY_NAME = {k.dotted: k for k in KEYS}
+
+
+def _apply(settings: Settings, key: Key, value: Any, source: str) -> Settings:
+    try:
+        return key.apply(settings, key.parse(value))
+    except ValueError as exc:
+        raise ConfigError(f"{key.dotted} = {value!r} (from {source}): {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{name}.{sub}"] = v
+        else:
+            flat[name] = value
+    unknown = sorted(set(flat) - set(KEYS_BY_NAME))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key {unknown[0]!r} (see config.example.toml for every key)"
+        )
+    return flat
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < TOML file < RRPROXY_* environment < flags (keys as in `KEYS`, dotted)."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is not None:
+        for name, value in _flatten(_read_toml(config_file), config_file).items():
+            settings = _apply(settings, KEYS_BY_NAME[name], value, str(config_file))
+    for key in KEYS:
+        if key.env in environ:
+            settings = _apply(settings, key, environ[key.env], key.env)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            key = KEYS_BY_NAME[name]
+            settings = _apply(settings, key, value, "--" + key.name.replace("_", "-"))
+    return settings
+
+
+__all__ = [
+    "DEFAULT_HEADERS",
+    "DEFAULT_QUERY_PARAMS",
+    "KEYS",
+    "Mode",
+    "Pace",
+    "Settings",
+    "check_cassette_name",
+    "database_url",
+    "load_settings",
+    "parse_pace",
+]

@@ -1,0 +1,60 @@
+"""The few errors rrproxy raises on purpose, each knowing the HTTP answer it becomes.
+
+A middleware in `app.py` renders them as the JSON error shape the common APIs use
+(`{"error": {"type": ..., "message": ...}}`), so an SDK shows the message as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RrproxyError(Exception):
+    """Base class: an error with an HTTP status and an API-style error type."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "rrproxy_error"
+    headers: ClassVar[dict[str, str]] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.error_type, "message": str(self)}}
+
+
+class ConfigError(RrproxyError, ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class BadRequest(RrproxyError, ValueError):
+    """The client's request cannot be handled as sent (a bad control header, a body too large)."""
+
+    status = 400
+    error_type = "rrproxy_bad_request"
+
+
+class UpstreamError(RrproxyError, ConnectionError):
+    """The upstream refused, broke or answered something rrproxy cannot relay."""
+
+    status = 502
+    error_type = "rrproxy_upstream_error"
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The upstream did not answer in time."""
+
+    status = 504
+    error_type = "rrproxy_upstream_timeout"
+
+
+class ReplayMiss(RrproxyError, LookupError):
+    """Replay found no recording for a request."""
+
+    status = 404
+    error_type = "rrproxy_replay_miss"
+    headers = {"Rrproxy-Miss": "1"}
+
+
+class StoreError(RrproxyError, RuntimeError):
+    """The store cannot be opened, migrated or written."""
+
+    status = 503
+    error_type = "rrproxy_store_error"

@@ -1,0 +1,168 @@
+"""Forwarding: send a request upstream and relay the response while it streams.
+
+Each chunk is written to the client the moment it arrives; when a `Tee` is given, the same
+chunk is also split into events and handed to the recorder (which never blocks). A client
+that hangs up stops the writing, not the reading: the upstream response is still read to
+its end and recorded, since its tokens were paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from .errors import UpstreamError, UpstreamTimeout
+from .headers import end_to_end
+from .recorder import Recorder, Recording
+from .records import Outcome, Request, ResponseHead
+from .sse import Framer
+
+log = logging.getLogger(__name__)
+
+# Headers aiohttp would otherwise invent: the upstream sees what the client sent.
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+
+
+def client_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+    """The one upstream client: pooled, no decompression, no proxy settings from the
+    environment (rrproxy must not loop through itself)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        ),
+        auto_decompress=False,
+        trust_env=False,
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
+async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.ClientResponse:
+    """Open the upstream response (headers read, body not yet), or raise an `UpstreamError`
+    naming the upstream and the cause."""
+    url = URL(request.url, encoded=True)
+    upstream = f"{url.scheme}://{url.authority}"
+    try:
+        return await session.request(
+            request.method,
+            url,
+            headers=list(request.headers),
+            data=request.body or None,
+            allow_redirects=False,
+        )
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise UpstreamError(
+            f"upstream {upstream}: TLS certificate verification failed ({exc.certificate_error})"
+        ) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            f"cannot connect to upstream {upstream}: {exc.os_error.strerror or exc}; "
+            "is it running, and is --upstream right?"
+        ) from exc
+    except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
+        raise UpstreamTimeout(f"upstream {upstream} did not answer in time ({exc})") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"upstream {upstream} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def response_head(upstream: aiohttp.ClientResponse) -> ResponseHead:
+    return ResponseHead(upstream.status, end_to_end(upstream.headers.items()))
+
+
+@dataclass
+class Tee:
+    """Splits relayed bytes into events and hands them to the recorder, with timings."""
+
+    recorder: Recorder
+    recording: Recording
+    framer: Framer
+    t0: float  # loop time at the request's start
+
+    def _ms(self) -> float:
+        return round((asyncio.get_running_loop().time() - self.t0) * 1000, 3)
+
+    def feed(self, chunk: bytes) -> None:
+        events = self.framer.feed(chunk)
+        if events:
+            t = self._ms()
+            for data in events:
+                self.recorder.event(self.recording, t, data)
+
+    def end(self, outcome: Outcome, error: str | None = None) -> None:
+        t = self._ms()
+        for data in self.framer.close():
+            self.recorder.event(self.recording, t, data)
+        self.recorder.end(self.recording, outcome, t, error)
+
+
+@dataclass(frozen=True)
+class Relayed:
+    response: web.StreamResponse
+    outcome: Outcome
+    events: int
+    error: str | None
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    head: ResponseHead,
+    source: str,
+    tee: Tee | None,
+) -> Relayed:
+    response = web.StreamResponse(status=head.status, reason=upstream.reason)
+    for name, value in head.headers:
+        if name.lower() != "content-length":
+            response.headers.add(name, value)
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    response.headers["Rrproxy-Source"] = source
+    outcome, error, events = Outcome.COMPLETE, None, 0
+    try:
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            outcome = Outcome.CLIENT_GONE
+        async for chunk in upstream.content.iter_any():
+            events += 1
+            if tee is not None:
+                tee.feed(chunk)
+            if outcome is Outcome.COMPLETE:
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        outcome = Outcome.UPSTREAM_BROKEN
+        error = f"upstream broke the stream: {type(exc).__name__}: {exc}"
+    except asyncio.CancelledError:
+        if tee is not None:
+            tee.end(Outcome.INCOMPLETE, "the proxy stopped before the response ended")
+        raise
+    finally:
+        upstream.release()
+    if tee is not None:
+        tee.end(outcome, error)
+        events = tee.recording.events
+    if outcome is Outcome.UPSTREAM_BROKEN:
+        log.warning("%s %s: %s", request.method, request.path, error)
+        break_connection(request)
+    elif outcome is Outcome.COMPLETE:
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            outcome = Outcome.CLIENT_GONE
+    return Relayed(response, outcome, events, error)
+
+
+def break_connection(request: web.Request) -> None:
+    """End the client's connection without finishing the body, as a broken upstream did:
+    the client sees the same premature end."""
+    if request.transport is not None:
+        request.transport.close()

@@ -1,0 +1,41 @@
+"""Which headers cross the proxy: hop-by-hop ones never do (RFC 9110 §7.6.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .records import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+CONTROL = frozenset({"rrproxy-cassette", "rrproxy-mode", "rrproxy-pace"})
+"""Per-request control headers: read by rrproxy, never forwarded or recorded."""
+
+
+def end_to_end(pairs: Iterable[tuple[str, str]], *, drop: Iterable[str] = ()) -> Headers:
+    """The headers minus hop-by-hop ones, those the Connection header names, and `drop`."""
+    pairs = list(pairs)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    excluded = HOP_BY_HOP | named | {d.lower() for d in drop}
+    return tuple((name, value) for name, value in pairs if name.lower() not in excluded)
+
+
+def get(pairs: Headers, name: str) -> str | None:
+    name = name.lower()
+    return next((v for n, v in pairs if n.lower() == name), None)

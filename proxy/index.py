@@ -1,0 +1,154 @@
+"""Which recording answers which request: a cassette's interactions by match key, and the
+per-run counters that give the n-th identical request the n-th recording.
+
+Each cassette's heads are loaded once per run and kept in memory; recordings made by this
+process join as they start. A miss reloads the cassette once (another proxy sharing the
+store may have recorded it) before it is declared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .matching import MatchRules, closest, match_key
+from .records import Outcome, Request, ResponseHead
+from .store import queries
+
+
+@dataclass(eq=False)
+class Entry:
+    """One recorded interaction as replay sees it."""
+
+    request: Request
+    key: str
+    head: ResponseHead
+    outcome: Outcome
+    interaction_id: int | None = None
+    body_size: int = 0
+    ttfb_ms: float = 0.0
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def available(self) -> bool:
+        return self.outcome.replayable
+
+
+@dataclass
+class _Cassette:
+    entries: list[Entry] = field(default_factory=list)
+    by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, entry: Entry) -> None:
+        self.entries.append(entry)
+        self.by_key[entry.key].append(entry)
+
+
+@dataclass(frozen=True)
+class Miss:
+    """Why no recording answers: the message names the cassette and the closest difference."""
+
+    message: str
+
+
+class Index:
+    def __init__(self, engine: AsyncEngine, rules: MatchRules):
+        self._engine = engine
+        self.rules = rules
+        self._cassettes: dict[str, _Cassette] = {}
+        self._loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    def key(self, request: Request) -> str:
+        return match_key(request, self.rules)
+
+    def reset(self) -> None:
+        """Start a new run: every counter back to zero, cassettes reloaded on next use."""
+        self._cassettes.clear()
+
+    async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
+        async with self._loading[name]:
+            cassette = self._cassettes.get(name)
+            if cassette is None or reload:
+                fresh = _Cassette()
+                for stored in await queries.interactions(self._engine, name):
+                    if stored.outcome is Outcome.INCOMPLETE:
+                        continue  # never replayed; auto mode records it again
+                    entry = Entry(
+                        stored.request,
+                        self.key(stored.request),
+                        stored.head,
+                        stored.outcome,
+                        stored.id,
+                        stored.body_size,
+                        stored.ttfb_ms,
+                    )
+                    entry.committed.set()
+                    fresh.add(entry)
+                if cassette is not None:  # keep this run's counters and live recordings
+                    fresh.used = cassette.used
+                    known = {e.interaction_id for e in fresh.entries}
+                    for e in cassette.entries:
+                        if e.interaction_id is None or e.interaction_id not in known:
+                            fresh.add(e)
+                self._cassettes[name] = cassette = fresh
+            return cassette
+
+    async def next_unused(self, cassette: str, key: str) -> Entry | None:
+        """Auto mode: the next recording for this key in this run, if one is left."""
+        c = await self._cassette(cassette)
+        candidates = c.by_key.get(key, [])
+        n = c.used[key]
+        if n < len(candidates) and candidates[n].available:
+            c.used[key] += 1
+            return candidates[n]
+        return None
+
+    async def for_replay(
+        self, cassette: str, key: str, request: Request, *, strict: bool
+    ) -> Entry | Miss:
+        """Replay mode: the n-th recording for the n-th request, then the last one again
+        (or a miss when `strict`)."""
+        for reload in (False, True):
+            c = await self._cassette(cassette, reload=reload)
+            candidates = [e for e in c.by_key.get(key, []) if e.available]
+            n = c.used[key]
+            if n < len(candidates):
+                c.used[key] += 1
+                return candidates[n]
+            if candidates and not strict:
+                return candidates[-1]
+            if candidates:
+                return Miss(
+                    f"cassette {cassette!r} has {len(candidates)} recording(s) of this request "
+                    f"and all were used in this run (strict replay); record it again, or "
+                    f"POST /_rrproxy/reset to start a new run"
+                )
+        return self._miss(cassette, request, c)
+
+    def _miss(self, cassette: str, request: Request, c: _Cassette) -> Miss:
+        where = f"{request.method} {request.url}"
+        recorded = [e for e in c.entries if e.available]
+        found = closest(request, [e.request for e in recorded], self.rules)
+        if found is None:
+            return Miss(
+                f"no recording in cassette {cassette!r} for {where}: the cassette is empty. "
+                "Record it first (mode record or auto), or choose another cassette."
+            )
+        i, diffs = found
+        near = recorded[i].request
+        return Miss(
+            f"no recording in cassette {cassette!r} for {where}. The closest recorded request "
+            f"({near.method} {near.url}) differs: " + "; ".join(diffs)
+        )
+
+    async def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
+        """A recording starts: it becomes this key's next recording (and counts as used by
+        the request that is making it)."""
+        c = await self._cassette(cassette)
+        c.add(entry)
+        if use:
+            c.used[entry.key] += 1

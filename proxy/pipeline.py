@@ -1,0 +1,133 @@
+"""The request path: request → match key → (replay | forward → tee → recorder) → client.
+
+One handler serves every proxied request. It reads the per-request control headers, builds
+the upstream request, and then, by mode, answers from the index or forwards (recording
+through a `Tee` unless the mode is passthrough). One log line per interaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from .config import Mode, Pace, Settings, check_cassette_name, parse_pace
+from .errors import BadRequest, ReplayMiss
+from .forward import Tee, relay, response_head, send
+from .headers import CONTROL, end_to_end
+from .index import Entry
+from .recorder import Recording
+from .records import Outcome, Request, ResponseHead
+from .replay import replay
+from .sse import framer_for
+from .state import RunState, Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Control:
+    mode: Mode
+    cassette: str
+    pace: Pace
+
+
+def control(request: web.Request, settings: Settings, state: RunState) -> Control:
+    h = request.headers
+    try:
+        mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else settings.mode
+        cassette = check_cassette_name(h.get("Rrproxy-Cassette", state.cassette))
+        pace = parse_pace(h["Rrproxy-Pace"]) if "Rrproxy-Pace" in h else settings.pace
+    except ValueError as exc:
+        modes = ", ".join(m.value for m in Mode)
+        raise BadRequest(f"bad rrproxy control header ({exc}; modes: {modes})") from None
+    return Control(mode, cassette, pace)
+
+
+async def upstream_request(request: web.Request, settings: Settings) -> Request:
+    body = await request.read()
+    headers = end_to_end(request.headers.items(), drop=(*CONTROL, "host", "content-length"))
+    return Request(request.method, settings.upstream + request.raw_path, headers, body)
+
+
+async def handle(request: web.Request, services: Services, state: RunState) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    settings = services.settings
+    ctl = control(request, settings, state)
+    wanted = await upstream_request(request, settings)
+    stored = services.redactor.request(wanted)
+    key = services.index.key(stored) if ctl.mode is not Mode.PASSTHROUGH else ""
+
+    entry: Entry | None = None
+    if ctl.mode is Mode.REPLAY:
+        found = await services.index.for_replay(ctl.cassette, key, stored, strict=settings.strict)
+        if not isinstance(found, Entry):
+            _log(ctl, request, 404, "missed", 0, t0)
+            raise ReplayMiss(found.message)
+        entry = found
+    elif ctl.mode is Mode.AUTO:
+        entry = await services.index.next_unused(ctl.cassette, key)
+
+    if entry is not None:
+        response, events = await replay(request, entry, services.reader, ctl.pace, t0)
+        _log(ctl, request, response.status, "replayed", events, t0)
+        return response
+
+    upstream = await send(services.upstream, wanted)
+    head = response_head(upstream)
+    tee = None
+    if ctl.mode is not Mode.PASSTHROUGH:
+        tee = await _start_recording(services, ctl, stored, key, upstream, t0)
+    source = "passthrough" if tee is None else "recorded"
+    relayed = await relay(request, upstream, head, source, tee)
+    what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
+    _log(ctl, request, head.status, what, relayed.events, t0)
+    return relayed.response
+
+
+async def _start_recording(
+    services: Services,
+    ctl: Control,
+    stored: Request,
+    key: str,
+    upstream: aiohttp.ClientResponse,
+    t0: float,
+) -> Tee:
+    ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
+    head = response_head(upstream)
+    redacted = ResponseHead(head.status, services.redactor.redact_headers(head.headers))
+    entry = Entry(stored, key, redacted, Outcome.RECORDING, ttfb_ms=ttfb)
+
+    def committed(rec: Recording) -> None:
+        entry.interaction_id = rec.interaction_id
+        entry.body_size = rec.size
+        entry.outcome = Outcome.INCOMPLETE if rec.dropped else rec.outcome
+        entry.committed.set()
+
+    # The entry joins the index and the recording begins with no await in between, so the
+    # index's order of identical requests is the store's recording order.
+    await services.index.add(ctl.cassette, entry, use=ctl.mode is Mode.AUTO)
+    recording = services.recorder.begin(ctl.cassette, stored, redacted, ttfb, committed)
+    framer = framer_for(upstream.headers.get("Content-Type"))
+    return Tee(services.recorder, recording, framer, t0)
+
+
+def _log(
+    ctl: Control, request: web.Request, status: int, what: str, events: int, t0: float
+) -> None:
+    ms = (asyncio.get_running_loop().time() - t0) * 1000
+    log.info(
+        "%s %s %s %s -> %d %s, %d events, %.0f ms",
+        ctl.mode,
+        ctl.cassette,
+        request.method,
+        request.path,
+        status,
+        what,
+        events,
+        ms,
+    )

@@ -1,0 +1,48 @@
+"""The plain data that flows through rrproxy: requests, responses and events.
+
+These types know nothing of HTTP servers or databases; the store, the replayer and the
+cassette file all speak them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+Headers = tuple[tuple[str, str], ...]
+"""Header pairs in the order they were sent; a name may repeat (Set-Cookie)."""
+
+
+class Outcome(StrEnum):
+    """How an interaction ended."""
+
+    RECORDING = "recording"  # still streaming (or the process died: see INCOMPLETE)
+    COMPLETE = "complete"  # the whole body arrived and was recorded
+    CLIENT_GONE = "client_gone"  # the client hung up; the body was still read to its end
+    UPSTREAM_BROKEN = "upstream_broken"  # upstream broke the stream; replayed as the same break
+    INCOMPLETE = "incomplete"  # recording stopped early (killed process, store failure)
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a replay may serve this interaction (a break is replayed as a break)."""
+        return self in (Outcome.COMPLETE, Outcome.CLIENT_GONE, Outcome.UPSTREAM_BROKEN)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    url: str  # absolute upstream URL, query included (secrets already redacted when stored)
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    t_ms: float  # offset from the request's start
+    data: bytes

@@ -1,0 +1,38 @@
+"""Application state: what the handlers share, under typed `web.AppKey`s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .config import Settings
+from .index import Index
+from .recorder import Recorder
+from .redact import Redactor
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers need, all created and closed by the app's cleanup context."""
+
+    settings: Settings
+    index: Index
+    recorder: Recorder
+    reader: AsyncEngine
+    upstream: aiohttp.ClientSession
+    redactor: Redactor
+
+
+@dataclass
+class RunState:
+    """The active cassette, for requests that name none (changed through the admin API)."""
+
+    cassette: str
+
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+RUN = web.AppKey("run", RunState)

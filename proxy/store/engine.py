@@ -1,0 +1,49 @@
+"""Engines for the store. SQLite gets WAL, a busy timeout and explicit transactions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+BUSY_TIMEOUT_S = 5.0
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
+    """An async engine; `writer=True` gives the single writer's engine (`BEGIN IMMEDIATE`).
+
+    SQLite transactions are emitted by us rather than by the driver (SQLAlchemy's
+    "Serializable isolation / Savepoints / Transactional DDL" recipe for aiosqlite), so the
+    writer takes the write lock up front and readers never upgrade a read transaction.
+    """
+    if not is_sqlite(url):
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(
+        url,
+        connect_args={"timeout": BUSY_TIMEOUT_S},
+        pool_size=1 if writer else 8,
+        max_overflow=0 if writer else 8,
+    )
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine

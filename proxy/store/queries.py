@@ -1,0 +1,136 @@
+"""Reads (and the start-up repair) of the store; all writes of recordings go through `recorder`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..records import Outcome, Request, ResponseHead
+from .models import Cassette, Event, Interaction
+
+
+@dataclass(frozen=True)
+class StoredInteraction:
+    id: int
+    request: Request
+    head: ResponseHead
+    outcome: Outcome
+    error: str | None
+    body_size: int
+    ttfb_ms: float
+
+
+@dataclass(frozen=True)
+class CassetteSummary:
+    name: str
+    interactions: int
+    events: int
+    incomplete: int
+    last_recorded: datetime | None
+
+
+async def mark_unfinished(engine: AsyncEngine) -> int:
+    """Interactions a killed process left open become incomplete (never replayed as complete)."""
+    of_this = Event.interaction_id == Interaction.id
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(Interaction)
+            .where(Interaction.outcome == Outcome.RECORDING.value)
+            .values(
+                outcome=Outcome.INCOMPLETE.value,
+                error="the proxy stopped before the response ended",
+                event_count=select(func.count()).where(of_this).scalar_subquery(),
+                body_size=select(func.coalesce(func.sum(func.length(Event.data)), 0))
+                .where(of_this)
+                .scalar_subquery(),
+            )
+        )
+        return result.rowcount
+
+
+async def interactions(engine: AsyncEngine, cassette: str) -> list[StoredInteraction]:
+    """Heads of a cassette's interactions, in recording order (bodies not loaded)."""
+    stmt = (
+        select(
+            Interaction.id,
+            Interaction.method,
+            Interaction.url,
+            Interaction.request_headers,
+            Interaction.request_body,
+            Interaction.status,
+            Interaction.response_headers,
+            Interaction.outcome,
+            Interaction.error,
+            Interaction.body_size,
+            Interaction.ttfb_ms,
+        )
+        .join(Cassette)
+        .where(Cassette.name == cassette)
+        .order_by(Interaction.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        StoredInteraction(
+            id=r.id,
+            request=Request(r.method, r.url, _pairs(r.request_headers), r.request_body),
+            head=ResponseHead(r.status, _pairs(r.response_headers)),
+            outcome=Outcome(r.outcome),
+            error=r.error,
+            body_size=r.body_size,
+            ttfb_ms=r.ttfb_ms,
+        )
+        for r in rows
+    ]
+
+
+async def events(
+    engine: AsyncEngine, interaction_id: int, page: int = 64
+) -> AsyncIterator[list[tuple[float, bytes]]]:
+    """An interaction's events in order, a page at a time; each page is its own short read,
+    so a slow client never holds a database connection."""
+    after = -1
+    while True:
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(Event.seq, Event.t_ms, Event.data)
+                    .where(Event.interaction_id == interaction_id, Event.seq > after)
+                    .order_by(Event.seq)
+                    .limit(page)
+                )
+            ).all()
+        if not rows:
+            return
+        yield [(r.t_ms, r.data) for r in rows]
+        if len(rows) < page:
+            return
+        after = rows[-1].seq
+
+
+async def cassette_summaries(engine: AsyncEngine) -> list[CassetteSummary]:
+    stmt = (
+        select(
+            Cassette.name,
+            func.count(Interaction.id),
+            func.coalesce(func.sum(Interaction.event_count), 0),
+            func.count(Interaction.id).filter(
+                Interaction.outcome.in_([Outcome.INCOMPLETE.value, Outcome.RECORDING.value])
+            ),
+            func.max(Interaction.started_at),
+        )
+        .outerjoin(Interaction)
+        .group_by(Cassette.id)
+        .order_by(Cassette.name)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [CassetteSummary(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
+
+
+def _pairs(raw: list[list[str]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, value) for name, value in raw)

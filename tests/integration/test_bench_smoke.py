@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark (bench/): a quick run drives every load through every target
+and every response arrives complete. No timing is asserted: the figures are noisy here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ["direct", "aiohttp", "passthrough", "record", "replay"]
+LOADS = ["latency", "large", "concurrency", "small_json"]
+
+
+def run_quick_bench(json_out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "bench", "--quick", "--json-out", str(json_out)]
+    # Own process group: on timeout the benchmark and every server it started go together.
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"bench --quick ran over {timeout} s\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(120)
+def test_quick_bench_verifies_every_target_and_load(tmp_path: Path) -> None:
+    json_out = tmp_path / "results.json"
+
+    done = run_quick_bench(json_out, timeout=100)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(json_out.read_text())
+    assert summary["targets"] == TARGETS
+    for target in TARGETS:
+        for load in LOADS:
+            result = summary["results"][target][load]
+            assert result["verified"] is True, (target, load, result["errors"])
+            assert result["runs"], (target, load)
+            assert all(run["verified"] is True for run in result["runs"]), (target, load)
+    for run in summary["results"]["record"]["concurrency"]["runs"]:
+        assert run["recorded_ok"] in (True, None)  # None: no /_rrproxy/cassettes yet
