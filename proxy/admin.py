@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -30,7 +31,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def cassettes(request: web.Request) -> web.Response:
-    summaries = await queries.cassette_summaries(request.app[SERVICES].reader)
+    services = request.app[SERVICES]
+    await asyncio.wait_for(services.recorder.flush(), timeout=5)  # list what was recorded
+    summaries = await queries.cassette_summaries(services.reader)
     return web.json_response(
         {
             "cassettes": [

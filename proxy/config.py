@@ -32,7 +32,7 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True)
 class Pace:
-    """How fast replay sends events: `instant`, `recorded`, or a speed factor (2 = twice as fast)."""
+    """Replay speed: `instant`, `recorded`, or a speed factor (2 = twice as fast)."""
 
     factor: float | None = None  # None: as fast as the client reads
 
@@ -57,7 +57,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
-    matching: MatchRules = MatchRules()
+    matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
 
     @property
@@ -274,7 +274,7 @@ def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     unknown = sorted(set(flat) - set(KEYS_BY_NAME))
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown key {unknown[0]!r} (see config.example.toml for every key)"
+            f"config file {path}: unknown key {unknown[0]!r} (config.example.toml lists every key)"
         )
     return flat
 

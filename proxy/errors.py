@@ -50,7 +50,7 @@ class ReplayMiss(RrproxyError, LookupError):
 
     status = 404
     error_type = "rrproxy_replay_miss"
-    headers = {"Rrproxy-Miss": "1"}
+    headers: ClassVar[dict[str, str]] = {"Rrproxy-Miss": "1"}
 
 
 class StoreError(RrproxyError, RuntimeError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -83,6 +84,7 @@ class Tee:
     recording: Recording
     framer: Framer
     t0: float  # loop time at the request's start
+    on_end: Callable[[Outcome], None] | None = None
 
     def _ms(self) -> float:
         return round((asyncio.get_running_loop().time() - self.t0) * 1000, 3)
@@ -99,6 +101,8 @@ class Tee:
         for data in self.framer.close():
             self.recorder.event(self.recording, t, data)
         self.recorder.end(self.recording, outcome, t, error)
+        if self.on_end is not None:
+            self.on_end(outcome)
 
 
 @dataclass(frozen=True)

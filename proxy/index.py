@@ -42,6 +42,7 @@ class _Cassette:
     entries: list[Entry] = field(default_factory=list)
     by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stale: bool = False
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -67,35 +68,42 @@ class Index:
 
     def reset(self) -> None:
         """Start a new run: every counter back to zero, cassettes reloaded on next use."""
-        self._cassettes.clear()
+        for cassette in self._cassettes.values():
+            cassette.used.clear()
+            cassette.stale = True
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
-            if cassette is None or reload:
-                fresh = _Cassette()
-                for stored in await queries.interactions(self._engine, name):
-                    if stored.outcome is Outcome.INCOMPLETE:
-                        continue  # never replayed; auto mode records it again
-                    entry = Entry(
-                        stored.request,
-                        self.key(stored.request),
-                        stored.head,
-                        stored.outcome,
-                        stored.id,
-                        stored.body_size,
-                        stored.ttfb_ms,
-                    )
-                    entry.committed.set()
-                    fresh.add(entry)
-                if cassette is not None:  # keep this run's counters and live recordings
-                    fresh.used = cassette.used
-                    known = {e.interaction_id for e in fresh.entries}
-                    for e in cassette.entries:
-                        if e.interaction_id is None or e.interaction_id not in known:
-                            fresh.add(e)
-                self._cassettes[name] = cassette = fresh
+            if cassette is None or cassette.stale or reload:
+                self._cassettes[name] = cassette = await self._load(name, cassette)
             return cassette
+
+    async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
+        """The cassette as stored, with this process's own entries (which may be newer than
+        their rows: a recording that just ended) taking precedence."""
+        mine = {e.interaction_id: e for e in previous.entries} if previous else {}
+        merged: list[Entry] = []
+        for stored in await queries.interactions(self._engine, name):
+            entry = mine.pop(stored.id, None)
+            if entry is None:
+                entry = Entry(
+                    stored.request,
+                    self.key(stored.request),
+                    stored.head,
+                    stored.outcome,
+                    stored.id,
+                    stored.body_size,
+                    stored.ttfb_ms,
+                )
+                entry.committed.set()
+            if entry.outcome is not Outcome.INCOMPLETE:  # never replayed; auto records again
+                merged.append(entry)
+        merged.extend(mine.values())  # still recording, not yet in the store
+        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
+        for entry in merged:
+            fresh.add(entry)
+        return fresh
 
     async def next_unused(self, cassette: str, key: str) -> Entry | None:
         """Auto mode: the next recording for this key in this run, if one is left."""

@@ -22,6 +22,7 @@ from .index import Entry
 from .recorder import Recording
 from .records import Outcome, Request, ResponseHead
 from .replay import replay
+from .routing import upstream_url
 from .sse import framer_for
 from .state import RunState, Services
 
@@ -50,7 +51,7 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
 async def upstream_request(request: web.Request, settings: Settings) -> Request:
     body = await request.read()
     headers = end_to_end(request.headers.items(), drop=(*CONTROL, "host", "content-length"))
-    return Request(request.method, settings.upstream + request.raw_path, headers, body)
+    return Request(request.method, upstream_url(request, settings), headers, body)
 
 
 async def handle(request: web.Request, services: Services, state: RunState) -> web.StreamResponse:
@@ -105,15 +106,19 @@ async def _start_recording(
     def committed(rec: Recording) -> None:
         entry.interaction_id = rec.interaction_id
         entry.body_size = rec.size
-        entry.outcome = Outcome.INCOMPLETE if rec.dropped else rec.outcome
+        if rec.dropped:
+            entry.outcome = Outcome.INCOMPLETE
         entry.committed.set()
+
+    def ended(outcome: Outcome) -> None:
+        entry.outcome = outcome  # replayable now; replay waits for `committed`
 
     # The entry joins the index and the recording begins with no await in between, so the
     # index's order of identical requests is the store's recording order.
     await services.index.add(ctl.cassette, entry, use=ctl.mode is Mode.AUTO)
     recording = services.recorder.begin(ctl.cassette, stored, redacted, ttfb, committed)
     framer = framer_for(upstream.headers.get("Content-Type"))
-    return Tee(services.recorder, recording, framer, t0)
+    return Tee(services.recorder, recording, framer, t0, ended)
 
 
 def _log(

@@ -85,6 +85,11 @@ class Recorder:
         self._failing_since: float | None = None
         self.batches = 0
         self.failures = 0
+        self._pushed = 0  # items ever queued
+        self._written = 0  # items ever committed (or dropped)
+        self._progress = asyncio.Condition()
+        self.listeners: list[Callable[[Recording], None]] = []
+        """Called with each recording once its last event is committed."""
 
     # -- the hot path: never awaits ---------------------------------------------------------
 
@@ -115,6 +120,7 @@ class Recorder:
         self._push(_End(rec, duration_ms), 0)
 
     def _push(self, item: _Item, size: int) -> None:
+        self._pushed += 1
         self._pending.append(item)
         self._pending_bytes += size
         if self._pending_bytes > self._max_pending:
@@ -127,7 +133,9 @@ class Recorder:
         victims = {i.rec for i in self._pending if isinstance(i, _Event)}
         for rec in victims:
             rec.dropped = True
-        self._pending = [i for i in self._pending if not isinstance(i, _Event)]
+        kept = [i for i in self._pending if not isinstance(i, _Event)]
+        self._written += len(self._pending) - len(kept)
+        self._pending = kept
         self._pending_bytes = 0
         log.error(
             "the store is not keeping up (more than %d MB waiting): dropped the events of %d "
@@ -170,6 +178,9 @@ class Recorder:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.05
+            async with self._progress:
+                self._written += len(batch)
+                self._progress.notify_all()
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since = None
@@ -182,6 +193,12 @@ class Recorder:
         lost = sum(1 for i in self._pending if isinstance(i, _Event))
         log.error("shutting down with the store still failing: %d event(s) not written", lost)
         return True
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is in the store."""
+        target = self._pushed
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target)
 
     async def close(self) -> None:
         """Flush everything pending (the writer task then returns)."""
@@ -227,6 +244,8 @@ class Recorder:
                 item.rec.committed.set()
                 if item.rec.on_committed is not None:
                     item.rec.on_committed(item.rec)
+                for listener in self.listeners:
+                    listener(item.rec)
 
 
 async def _cassette_id(conn: AsyncConnection, name: str) -> int:

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real upstream server, the proxy on a real port, a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import create_app
+from proxy.config import KEYS_BY_NAME, load_settings
+
+EXAMPLE_JSONL = Path(__file__).resolve().parent / "data" / "openai-responses-hello-world.jsonl"
+
+StartUpstream = Callable[[web.Application], Awaitable[TestServer]]
+StartProxy = Callable[..., Awaitable[TestServer]]
+
+
+def example_events() -> list[dict[str, Any]]:
+    """The real OpenAI Responses stream in tests/data (one event's JSON a line)."""
+    return [json.loads(line) for line in EXAMPLE_JSONL.read_text().splitlines() if line]
+
+
+def sse_event(payload: dict[str, Any]) -> bytes:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "rrproxy.db"
+
+
+@pytest.fixture
+async def start_upstream(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> StartUpstream:
+    async def start(app: web.Application) -> TestServer:
+        return await aiohttp_server(app, host="127.0.0.1")
+
+    return start
+
+
+@pytest.fixture
+async def start_proxy(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], db_path: Path
+) -> AsyncIterator[StartProxy]:
+    """Start the proxy app in-process on a real port. Keyword arguments are config keys
+    (parsed as the CLI parses them) or Settings fields (objects such as MatchRules)."""
+
+    async def start(upstream: TestServer | str, **overrides: Any) -> TestServer:
+        url = upstream if isinstance(upstream, str) else str(upstream.make_url("")).rstrip("/")
+        flags = {k: v for k, v in overrides.items() if k in KEYS_BY_NAME}
+        objects = {k: v for k, v in overrides.items() if k not in KEYS_BY_NAME}
+        settings = load_settings(environ={}, flags={"upstream": url, "db": str(db_path), **flags})
+        settings = replace(settings, **objects)
+        return await aiohttp_server(create_app(settings), host="127.0.0.1")
+
+    yield start

@@ -1,0 +1,84 @@
+"""Streaming is the product: the client gets each event while the upstream holds the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.conftest import StartProxy, StartUpstream
+
+
+async def _first_event_then_rest(
+    start_upstream: StartUpstream, release: asyncio.Event
+) -> web.Application:
+    app = web.Application()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"event: first\ndata: 1\n\n")
+        # Held back until the test has the first event through the proxy.
+        await asyncio.wait_for(release.wait(), timeout=10)
+        for i in range(2, 5):
+            await response.write(f"event: more\ndata: {i}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    app.router.add_post("/v1/stream", stream)
+    return app
+
+
+async def test_first_event_arrives_while_upstream_holds_the_rest(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    release = asyncio.Event()
+    upstream = await start_upstream(await _first_event_then_rest(start_upstream, release))
+    proxy = await start_proxy(upstream, mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            assert resp.headers["Rrproxy-Source"] == "recorded"
+            first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=10)
+            assert first == b"event: first\ndata: 1\n\n"
+            release.set()
+            rest = await resp.content.read()
+    assert rest == b"".join(f"event: more\ndata: {i}\n\n".encode() for i in range(2, 5))
+
+    await proxy.close()  # flushes the recorder
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT seq, data FROM events ORDER BY seq").fetchall()
+        outcome = db.execute("SELECT outcome FROM interactions").fetchone()[0]
+    assert [r[1] for r in rows] == [
+        b"event: first\ndata: 1\n\n",
+        *(f"event: more\ndata: {i}\n\n".encode() for i in range(2, 5)),
+    ]
+    assert outcome == "complete"
+
+
+async def test_replay_streams_first_event_before_the_client_reads_the_rest(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """With recorded pace, the replayed first event arrives before later ones are due."""
+    release = asyncio.Event()
+    upstream = await start_upstream(await _first_event_then_rest(start_upstream, release))
+    proxy = await start_proxy(upstream, mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            await resp.content.readuntil(b"\n\n")
+            await asyncio.sleep(0.3)  # the recorded gap between the first event and the rest
+            release.set()
+            recorded = await resp.content.read()
+        headers = {"Rrproxy-Mode": "replay", "Rrproxy-Pace": "recorded"}
+        async with client.post(
+            proxy.make_url("/v1/stream"), json={"q": 1}, headers=headers
+        ) as resp:
+            assert resp.headers["Rrproxy-Source"] == "replayed"
+            first = await resp.content.readuntil(b"\n\n")
+            # the rest is not there yet: it is due 0.3 s after the first event
+            assert not resp.content.is_eof() and resp.content.total_bytes == len(first)
+            rest = await resp.content.read()
+    assert first == b"event: first\ndata: 1\n\n"
+    assert rest == recorded
