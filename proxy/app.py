@@ -73,6 +73,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await app[SERVICES].settle(settings.shutdown_timeout)
             await upstream.close()
             await recorder.close()
             await writer_task

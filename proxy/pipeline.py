@@ -78,11 +78,25 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         _log(ctl, request, response.status, "replayed", events, t0)
         return response
 
+    # Shielded: a client that hangs up (or a server that cancels its handler) does not stop
+    # the upstream response from being read to its end and recorded.
+    return await services.shielded(_forward(request, services, ctl, wanted, stored, key, t0))
+
+
+async def _forward(
+    request: web.Request,
+    services: Services,
+    ctl: Control,
+    wanted: Request,
+    stored: Request,
+    key: str,
+    t0: float,
+) -> web.StreamResponse:
     upstream = await send(services.upstream, wanted)
     head = response_head(upstream)
     tee = None
     if ctl.mode is not Mode.PASSTHROUGH:
-        tee = await _start_recording(services, ctl, stored, key, upstream, t0)
+        tee = await _start_recording(services, ctl, stored, key, head, upstream, t0)
     source = "passthrough" if tee is None else "recorded"
     relayed = await relay(request, upstream, head, source, tee)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
@@ -95,11 +109,11 @@ async def _start_recording(
     ctl: Control,
     stored: Request,
     key: str,
+    head: ResponseHead,
     upstream: aiohttp.ClientResponse,
     t0: float,
 ) -> Tee:
     ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
-    head = response_head(upstream)
     redacted = ResponseHead(head.status, services.redactor.redact_headers(head.headers))
     entry = Entry(stored, key, redacted, Outcome.RECORDING, ttfb_ms=ttfb)
 

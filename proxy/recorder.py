@@ -133,7 +133,7 @@ class Recorder:
         victims = {i.rec for i in self._pending if isinstance(i, _Event)}
         for rec in victims:
             rec.dropped = True
-        kept = [i for i in self._pending if not isinstance(i, _Event)]
+        kept: list[_Item] = [i for i in self._pending if not isinstance(i, _Event)]
         self._written += len(self._pending) - len(kept)
         self._pending = kept
         self._pending_bytes = 0

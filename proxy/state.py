@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -12,6 +15,8 @@ from .config import Settings
 from .index import Index
 from .recorder import Recorder
 from .redact import Redactor
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,32 @@ class Services:
     reader: AsyncEngine
     upstream: aiohttp.ClientSession
     redactor: Redactor
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` to its end even if the caller is cancelled; the app waits for it at
+        shutdown (`settle`)."""
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(_forget(self.background))
+        return await asyncio.shield(task)
+
+    async def settle(self, grace: float) -> None:
+        """At shutdown: let shielded work finish (bounded), then cancel what is left."""
+        if self.background:
+            _, pending = await asyncio.wait(self.background, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller may be gone, the error was logged
+
+    return done
 
 
 @dataclass

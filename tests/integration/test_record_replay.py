@@ -178,7 +178,7 @@ async def test_miss_names_the_cassette_and_the_difference(
 async def test_json_key_order_and_query_order_do_not_matter(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
-    app, seen = counting_upstream()
+    app, _seen = counting_upstream()
     upstream = await start_upstream(app)
     proxy = await start_proxy(upstream)
     async with aiohttp.ClientSession() as client:
@@ -251,7 +251,7 @@ async def test_control_headers_are_stripped_and_choose_the_cassette(
 async def test_passthrough_records_nothing(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
-    app, seen = counting_upstream()
+    app, _seen = counting_upstream()
     upstream = await start_upstream(app)
     proxy = await start_proxy(upstream, mode="passthrough")
     async with aiohttp.ClientSession() as client:
