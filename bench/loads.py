@@ -109,16 +109,25 @@ async def latency(session: aiohttp.ClientSession, base: str, sizes: Sizes) -> Fi
 
 
 async def large(
-    session: aiohttp.ClientSession, base: str, sizes: Sizes, proxy_pid: int | None
+    session: aiohttp.ClientSession,
+    base: str,
+    sizes: Sizes,
+    proxy_pid: int | None,
+    cassette: str | None,
 ) -> Figures:
-    """One long stream of ~1 KB events: throughput, and the proxy's memory while relaying."""
+    """One long stream of ~1 KB events: throughput, and the proxy's memory while relaying
+    it. With ``cassette`` (record mode) the memory is watched until the store holds the
+    stream, since a recorder may still hold its events after the last byte went out."""
     spec = payload.StreamSpec("large-0", sizes.large_events, sizes.large_event_size)
+    flush_ms: float | None = None
     if proxy_pid is None:
         stream = await fetch_stream(session, base, spec)
         rss: Figures = {"rss_before_mib": None, "rss_peak_mib": None, "rss_growth_mib": None}
     else:
         async with RssSampler(proxy_pid) as sampler:
             stream = await fetch_stream(session, base, spec)
+            if cassette is not None:
+                flush_ms = await store_caught_up(session, base, cassette, recorded(sizes, "large"))
         rss = {
             "rss_before_mib": sampler.before_kib / 1024,
             "rss_peak_mib": sampler.peak_kib / 1024,
@@ -128,6 +137,7 @@ async def large(
         "mb_per_s": stream.nbytes / 1e6 / stream.last_byte_s,
         "events_per_s": stream.events / stream.last_byte_s,
         **rss,
+        "record_flush_ms": flush_ms,
     }
 
 
@@ -149,12 +159,56 @@ async def recorded_counts(
     return 0, 0
 
 
+def recorded(sizes: Sizes, through: str) -> tuple[int, int | None]:
+    """(interactions, events) a fresh cassette holds once the loads, in their order, have
+    been recorded into it up to ``through``. Events are unknown (None) once small JSON
+    bodies are in: a non-streamed body is stored as the chunks it happened to arrive in."""
+    if through == "small_json":
+        return recorded(sizes, "concurrency")[0] + sizes.small_requests, None
+    loads = {
+        "latency": (sizes.latency_requests, sizes.latency_requests * sizes.latency_events),
+        "large": (1, sizes.large_events),
+        "concurrency": (
+            sizes.concurrent_streams,
+            sizes.concurrent_streams * sizes.concurrent_events,
+        ),
+    }
+    names = list(loads)[: list(loads).index(through) + 1]
+    return sum(loads[n][0] for n in names), sum(loads[n][1] for n in names)
+
+
+async def store_caught_up(
+    session: aiohttp.ClientSession, base: str, cassette: str, want: tuple[int, int | None]
+) -> float | None:
+    """Poll ``/_rrproxy/cassettes`` until the cassette holds ``want`` (interactions,
+    events); the milliseconds that took. None without the endpoint; BenchError after 10 s."""
+
+    def done(got: tuple[int, int]) -> bool:
+        return got[0] == want[0] and want[1] in (None, got[1])
+
+    start = time.perf_counter()
+    got = await recorded_counts(session, base, cassette)
+    if got is None:
+        return None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            while not done(got):
+                await asyncio.sleep(0.01)
+                got = await recorded_counts(session, base, cassette) or got
+    if not done(got):
+        raise BenchError(
+            f"cassette {cassette!r} holds {got} (interactions, events) ten seconds after"
+            f" the streams ended; want {want}"
+        )
+    return (time.perf_counter() - start) * 1000
+
+
 async def concurrency(
     session: aiohttp.ClientSession, base: str, sizes: Sizes, cassette: str | None
 ) -> Figures:
-    """Many streams at once. With ``cassette`` (record mode) also check that the store got
-    every interaction and event, polling until it has or ten seconds have passed."""
-    before = await recorded_counts(session, base, cassette) if cassette else None
+    """Many streams at once. With ``cassette`` (record mode, a fresh cassette that the
+    loads before this one recorded into) also check that the store got every interaction
+    and event so far."""
     specs = [
         payload.StreamSpec(f"conc-{i}", sizes.concurrent_events, sizes.event_size)
         for i in range(sizes.concurrent_streams)
@@ -164,33 +218,23 @@ async def concurrency(
     start = time.perf_counter()
     await asyncio.gather(*(fetch_stream(session, base, spec) for spec in specs))
     wall = time.perf_counter() - start
-    figures: Figures = {
+    flush_ms = None
+    if cassette is not None:
+        flush_ms = await store_caught_up(session, base, cassette, recorded(sizes, "concurrency"))
+    return {
         "wall_ms": wall * 1000,
         "requests_per_s": len(specs) / wall,
         "events_per_s": len(specs) * sizes.concurrent_events / wall,
-        "recorded_ok": None,
-        "record_flush_ms": None,
+        "recorded_ok": None if flush_ms is None else True,
+        "record_flush_ms": flush_ms,
     }
-    if cassette and before is not None:
-        want = (before[0] + len(specs), before[1] + len(specs) * sizes.concurrent_events)
-        got = await recorded_counts(session, base, cassette)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                while got != want:
-                    await asyncio.sleep(0.02)
-                    got = await recorded_counts(session, base, cassette)
-        if got != want:
-            raise BenchError(
-                f"cassette {cassette!r} has {got} (interactions, events) after the"
-                f" concurrent streams; want {want}"
-            )
-        figures["recorded_ok"] = True
-        figures["record_flush_ms"] = (time.perf_counter() - start - wall) * 1000
-    return figures
 
 
-async def small_json(session: aiohttp.ClientSession, base: str, sizes: Sizes) -> Figures:
-    """Non-streamed JSON requests from a fixed number of workers: requests per second."""
+async def small_json(
+    session: aiohttp.ClientSession, base: str, sizes: Sizes, cassette: str | None
+) -> Figures:
+    """Non-streamed JSON requests from a fixed number of workers: requests per second.
+    With ``cassette`` (record mode) also wait until the store holds every one of them."""
     ids = iter(range(sizes.small_requests))
 
     async def worker() -> None:
@@ -211,4 +255,11 @@ async def small_json(session: aiohttp.ClientSession, base: str, sizes: Sizes) ->
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(sizes.small_concurrency)))
     wall = time.perf_counter() - start
-    return {"wall_ms": wall * 1000, "requests_per_s": sizes.small_requests / wall}
+    flush_ms = None
+    if cassette is not None:
+        flush_ms = await store_caught_up(session, base, cassette, recorded(sizes, "small_json"))
+    return {
+        "wall_ms": wall * 1000,
+        "requests_per_s": sizes.small_requests / wall,
+        "record_flush_ms": flush_ms,
+    }

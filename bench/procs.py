@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 
 HOST = "127.0.0.1"
+STOP_GRACE_S = 30
 REPO = Path(__file__).resolve().parent.parent
 # Never let a child reach anything but loopback through a proxy found in the environment.
 _PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
@@ -72,10 +73,11 @@ async def _wait_ready(proc: asyncio.subprocess.Process, url: str, log: Path) -> 
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after a grace period long enough for a recorder to flush."""
     if proc.returncode is None:
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -34,10 +34,12 @@ METRICS = (
     Metric("large", "events_per_s", "large: events/s", higher_is_better=True),
     Metric("large", "rss_peak_mib", "large: proxy peak RSS (MiB)"),
     Metric("large", "rss_growth_mib", "large: proxy RSS growth (MiB)", ratio=False),
+    Metric("large", "record_flush_ms", "large: store caught up (ms)", ratio=False),
     Metric("concurrency", "wall_ms", "concurrency: wall (ms)"),
     Metric("concurrency", "requests_per_s", "concurrency: requests/s", higher_is_better=True),
     Metric("concurrency", "record_flush_ms", "concurrency: store caught up (ms)", ratio=False),
     Metric("small_json", "requests_per_s", "small JSON: requests/s", higher_is_better=True),
+    Metric("small_json", "record_flush_ms", "small JSON: store caught up (ms)", ratio=False),
 )
 LOADS = ("latency", "large", "concurrency", "small_json")
 

@@ -30,7 +30,6 @@ from bench import loads, payload, procs, report
 from bench.loads import Figures, Sizes
 
 TARGETS = ("direct", "aiohttp", "passthrough", "record", "replay")
-RRPROXY_MODES = ("passthrough", "record", "replay")
 CASSETTE = "bench"
 # Every request is bounded: no stall longer than sock_read, no request longer than total.
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=5, sock_read=15)
@@ -71,9 +70,9 @@ async def run_loads(target: Target, sizes: Sizes, deadline: float) -> dict[str, 
     async with aiohttp.ClientSession(trust_env=False, timeout=REQUEST_TIMEOUT) as session:
         steps: dict[str, Callable[[], Awaitable[Figures]]] = {
             "latency": partial(loads.latency, session, target.url, sizes),
-            "large": partial(loads.large, session, target.url, sizes, target.pid),
+            "large": partial(loads.large, session, target.url, sizes, target.pid, cassette),
             "concurrency": partial(loads.concurrency, session, target.url, sizes, cassette),
-            "small_json": partial(loads.small_json, session, target.url, sizes),
+            "small_json": partial(loads.small_json, session, target.url, sizes, cassette),
         }
         for load, step in steps.items():
             try:
@@ -100,9 +99,9 @@ async def run(targets: Sequence[str], sizes: Sizes, repeat: int) -> report.Runs:
         argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
         async with procs.server(argv, port, payload.HEALTH_PATH, workdir / "upstream.log") as up:
             for index in range(repeat):
-                db = workdir / f"bench-{index}.db"
                 for name in order:
                     began = time.perf_counter()
+                    db = workdir / f"{index}-{'record' if name == 'replay' else name}.db"
                     try:
                         async with started(name, up.url, workdir, db) as target:
                             result = await run_loads(target, sizes, deadline)
