@@ -137,6 +137,8 @@ async def relay(
             events += 1
             if tee is not None:
                 tee.feed(chunk)
+                if tee.recorder.backlogged:
+                    await tee.recorder.room()
             if outcome is Outcome.COMPLETE:
                 try:
                     await response.write(chunk)

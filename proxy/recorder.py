@@ -1,15 +1,16 @@
 """The single writer: takes recorded events off the hot path and commits them in batches.
 
-Relaying never waits on the database. `begin`, `event` and `end` only append to an
-in-memory list; one task (`run`) owns every write, taking whatever has piled up since its
-last commit and writing it in one transaction (datasette's write thread, as an asyncio
-task). While a commit runs, the next batch gathers, so commits follow each other closely
-and a killed process loses only the batch in flight.
+Relaying never waits on the database. `begin`, `event` and `end` only append to in-memory
+lists; one task (`run`) owns every write, taking whatever has piled up since its last
+commit and writing it in one transaction with a few statements (datasette's write thread,
+as an asyncio task). While a commit runs, the next batch gathers, so commits follow each
+other closely and a killed process loses only the batch in flight.
 
-If the store fails (locked, disk full), the writer keeps the batch and retries with
-backoff; the streams are not disturbed. Should the backlog pass `max_pending_bytes`, the
-events of the affected recordings are dropped and those interactions are marked
-incomplete, with the reason, once the store answers again.
+Memory stays bounded. Should a healthy store fall behind a very fast stream by more than
+`high_water` bytes, `room()` holds the relay until the writer has taken the backlog (real
+LLM streams never get there). If the store fails (locked, disk full), streams are never
+held: the writer retries with backoff, and past `max_pending_bytes` the queued events are
+dropped and their interactions marked incomplete, with the reason, once the store answers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .records import Outcome, Request, ResponseHead
@@ -30,6 +31,7 @@ from .store.models import Cassette, Event, Interaction
 log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 2.0
+_GIVE_UP_AT_CLOSE_S = 5.0
 
 
 @dataclass(eq=False)
@@ -46,48 +48,52 @@ class Recording:
     size: int = 0
     outcome: Outcome = Outcome.RECORDING
     error: str | None = None
+    duration_ms: float | None = None
     interaction_id: int | None = None
     dropped: bool = False
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_EventRow = tuple[Recording, int, float, bytes]
 
 
 @dataclass
-class _Begin:
-    rec: Recording
+class _Batch:
+    begins: list[Recording] = field(default_factory=list)
+    events: list[_EventRow] = field(default_factory=list)
+    ends: list[Recording] = field(default_factory=list)
+    size: int = 0  # bytes of event data
 
+    def __len__(self) -> int:
+        return len(self.begins) + len(self.events) + len(self.ends)
 
-@dataclass
-class _Event:
-    rec: Recording
-    seq: int
-    t_ms: float
-    data: bytes
-
-
-@dataclass
-class _End:
-    rec: Recording
-    duration_ms: float
-
-
-_Item = _Begin | _Event | _End
+    def extend(self, later: _Batch) -> None:
+        self.begins += later.begins
+        self.events += later.events
+        self.ends += later.ends
+        self.size += later.size
 
 
 class Recorder:
-    def __init__(self, engine: AsyncEngine, *, max_pending_bytes: int = 256 * 1024 * 1024):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        high_water: int = 8 * 2**20,
+        max_pending_bytes: int = 64 * 2**20,
+    ):
         self._engine = engine
+        self._high_water = high_water
         self._max_pending = max_pending_bytes
-        self._pending: list[_Item] = []
-        self._pending_bytes = 0
+        self._pending = _Batch()
         self._wakeup = asyncio.Event()
         self._closing = False
         self._cassette_ids: dict[str, int] = {}
         self._failing_since: float | None = None
-        self.batches = 0
-        self.failures = 0
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
         self._progress = asyncio.Condition()
+        self.batches = 0
+        self.failures = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Called with each recording once its last event is committed."""
 
@@ -102,7 +108,8 @@ class Recorder:
         on_committed: Callable[[Recording], None] | None = None,
     ) -> Recording:
         rec = Recording(cassette, request, head, datetime.now(UTC), ttfb_ms, on_committed)
-        self._push(_Begin(rec), len(request.body))
+        self._pending.begins.append(rec)
+        self._queued()
         return rec
 
     def event(self, rec: Recording, t_ms: float, data: bytes) -> None:
@@ -110,33 +117,48 @@ class Recorder:
         rec.events += 1
         rec.size += len(data)
         if not rec.dropped:
-            self._push(_Event(rec, seq, t_ms, data), len(data))
+            self._pending.events.append((rec, seq, t_ms, data))
+            self._pending.size += len(data)
+            self._queued()
+            if self._pending.size > self._max_pending:
+                self._shed()
 
     def end(
         self, rec: Recording, outcome: Outcome, duration_ms: float, error: str | None = None
     ) -> None:
-        rec.outcome = outcome
-        rec.error = error
-        self._push(_End(rec, duration_ms), 0)
+        rec.outcome, rec.duration_ms, rec.error = outcome, duration_ms, error
+        self._pending.ends.append(rec)
+        self._queued()
 
-    def _push(self, item: _Item, size: int) -> None:
+    def _queued(self) -> None:
         self._pushed += 1
-        self._pending.append(item)
-        self._pending_bytes += size
-        if self._pending_bytes > self._max_pending:
-            self._shed()
         self._wakeup.set()
 
+    @property
+    def backlogged(self) -> bool:
+        """A healthy store is behind by more than `high_water`: the relay should wait."""
+        return self._pending.size > self._high_water and self._failing_since is None
+
+    async def room(self) -> None:
+        """Wait until the writer has taken the backlog (or the store is failing: then never
+        hold a stream)."""
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: (
+                    self._pending.size <= self._high_water // 4
+                    or self._failing_since is not None
+                    or self._closing
+                )
+            )
+
     def _shed(self) -> None:
-        """The store has fallen too far behind: drop queued events rather than grow without
-        bound. The recordings they belong to end as incomplete, saying why."""
-        victims = {i.rec for i in self._pending if isinstance(i, _Event)}
+        """The store is failing and the backlog is too large: drop the queued events rather
+        than grow without bound. Their recordings end as incomplete, saying why."""
+        victims = {row[0] for row in self._pending.events}
         for rec in victims:
             rec.dropped = True
-        kept: list[_Item] = [i for i in self._pending if not isinstance(i, _Event)]
-        self._written += len(self._pending) - len(kept)
-        self._pending = kept
-        self._pending_bytes = 0
+        self._written += len(self._pending.events)
+        self._pending.events, self._pending.size = [], 0
         log.error(
             "the store is not keeping up (more than %d MB waiting): dropped the events of %d "
             "recording(s); they will be marked incomplete",
@@ -149,21 +171,23 @@ class Recorder:
     async def run(self) -> None:
         backoff = 0.05
         while True:
-            if not self._pending:
+            if not len(self._pending):
                 if self._closing:
                     return
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            batch, self._pending = self._pending, _Batch()
+            async with self._progress:
+                self._progress.notify_all()  # room() waiters: the backlog was taken
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.failures += 1
-                self._pending = batch + self._pending
-                self._pending_bytes += sum(len(i.data) for i in batch if isinstance(i, _Event))
+                batch.extend(self._pending)
+                self._pending = batch
                 if self._failing_since is None:
                     self._failing_since = asyncio.get_running_loop().time()
                     log.error(
@@ -172,26 +196,31 @@ class Recorder:
                         type(exc).__name__,
                         exc,
                     )
+                    async with self._progress:
+                        self._progress.notify_all()
                 if self._closing and self._give_up():
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.05
+            self.batches += 1
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since = None
-            self.batches += 1
+            self._committed(batch)
 
     def _give_up(self) -> bool:
         assert self._failing_since is not None
-        if asyncio.get_running_loop().time() - self._failing_since < 5.0:
+        if asyncio.get_running_loop().time() - self._failing_since < _GIVE_UP_AT_CLOSE_S:
             return False
-        lost = sum(1 for i in self._pending if isinstance(i, _Event))
-        log.error("shutting down with the store still failing: %d event(s) not written", lost)
+        log.error(
+            "shutting down with the store still failing: %d event(s) not written",
+            len(self._pending.events),
+        )
         return True
 
     async def flush(self) -> None:
@@ -204,99 +233,123 @@ class Recorder:
         """Flush everything pending (the writer task then returns)."""
         self._closing = True
         self._wakeup.set()
+        async with self._progress:
+            self._progress.notify_all()
 
-    async def _write(self, batch: list[_Item]) -> None:
+    async def _write(self, batch: _Batch) -> None:
+        """One transaction: new interactions (final already if they ended in this batch),
+        their events, then the ends of interactions begun earlier."""
+        ended_now = set(batch.ends)
+        cassettes: dict[str, int] = {}
         new_ids: dict[Recording, int] = {}
-        new_cassettes: dict[str, int] = {}
         async with self._engine.begin() as conn:
-            events: list[dict[str, Any]] = []
-            for item in batch:
-                rec = item.rec
-                if isinstance(item, _Begin):
-                    cassette_id = self._cassette_ids.get(rec.cassette) or new_cassettes.get(
-                        rec.cassette
-                    )
-                    if cassette_id is None:
-                        cassette_id = await _cassette_id(conn, rec.cassette)
-                        new_cassettes[rec.cassette] = cassette_id
-                    new_ids[rec] = await _insert_interaction(conn, cassette_id, rec)
-                elif isinstance(item, _Event):
-                    events.append(
+            if batch.begins:
+                cassettes = await _cassette_ids(
+                    conn, {r.cassette for r in batch.begins}, self._cassette_ids
+                )
+                rows = [
+                    _interaction_row(cassettes[rec.cassette], rec, rec in ended_now)
+                    for rec in batch.begins
+                ]
+                result = await conn.execute(
+                    insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True),
+                    rows,
+                )
+                new_ids = dict(zip(batch.begins, result.scalars().all(), strict=True))
+            if batch.events:
+                await conn.execute(
+                    insert(Event),
+                    [
                         {
                             "interaction_id": rec.interaction_id or new_ids[rec],
-                            "seq": item.seq,
-                            "t_ms": item.t_ms,
-                            "data": item.data,
+                            "seq": seq,
+                            "t_ms": t_ms,
+                            "data": data,
                         }
-                    )
-                else:
-                    if events:
-                        await conn.execute(insert(Event), events)
-                        events = []
-                    await _finish_interaction(conn, rec.interaction_id or new_ids[rec], rec, item)
-            if events:
-                await conn.execute(insert(Event), events)
-        self._cassette_ids.update(new_cassettes)
+                        for rec, seq, t_ms, data in batch.events
+                    ],
+                )
+            late = [rec for rec in batch.ends if rec not in new_ids]
+            if late:
+                await conn.execute(
+                    update(Interaction)
+                    .where(Interaction.id == bindparam("b_id"))
+                    .values(
+                        outcome=bindparam("b_outcome"),
+                        error=bindparam("b_error"),
+                        duration_ms=bindparam("b_duration_ms"),
+                        event_count=bindparam("b_event_count"),
+                        body_size=bindparam("b_body_size"),
+                    ),
+                    [
+                        {
+                            "b_id": rec.interaction_id,
+                            **{f"b_{k}": v for k, v in _final(rec).items()},
+                        }
+                        for rec in late
+                    ],
+                )
+        self._cassette_ids.update(cassettes)
         for rec, interaction_id in new_ids.items():
             rec.interaction_id = interaction_id
-        for item in batch:
-            if isinstance(item, _End):
-                item.rec.committed.set()
-                if item.rec.on_committed is not None:
-                    item.rec.on_committed(item.rec)
-                for listener in self.listeners:
-                    listener(item.rec)
+
+    def _committed(self, batch: _Batch) -> None:
+        for rec in batch.ends:
+            if rec.on_committed is not None:
+                rec.on_committed(rec)
+            for listener in self.listeners:
+                listener(rec)
 
 
-async def _cassette_id(conn: AsyncConnection, name: str) -> int:
-    found = await conn.scalar(select(Cassette.id).where(Cassette.name == name))
-    if found is not None:
-        return found
-    result = await conn.execute(
-        insert(Cassette).values(name=name, created_at=datetime.now(UTC)).returning(Cassette.id)
-    )
-    return int(result.scalar_one())
+async def _cassette_ids(
+    conn: AsyncConnection, names: set[str], known: dict[str, int]
+) -> dict[str, int]:
+    ids = {n: known[n] for n in names if n in known}
+    for name in sorted(names - ids.keys()):
+        found = await conn.scalar(select(Cassette.id).where(Cassette.name == name))
+        if found is None:
+            result = await conn.execute(
+                insert(Cassette)
+                .values(name=name, created_at=datetime.now(UTC))
+                .returning(Cassette.id)
+            )
+            found = result.scalar_one()
+        ids[name] = found
+    return ids
 
 
-async def _insert_interaction(conn: AsyncConnection, cassette_id: int, rec: Recording) -> int:
-    result = await conn.execute(
-        insert(Interaction)
-        .values(
-            cassette_id=cassette_id,
-            method=rec.request.method,
-            url=rec.request.url,
-            request_headers=[list(h) for h in rec.request.headers],
-            request_body=rec.request.body,
-            status=rec.head.status,
-            response_headers=[list(h) for h in rec.head.headers],
-            outcome=Outcome.RECORDING.value,
-            started_at=rec.started_at,
-            ttfb_ms=rec.ttfb_ms,
-            event_count=0,
-            body_size=0,
-        )
-        .returning(Interaction.id)
-    )
-    return int(result.scalar_one())
-
-
-async def _finish_interaction(
-    conn: AsyncConnection, interaction_id: int, rec: Recording, end: _End
-) -> None:
+def _final(rec: Recording) -> dict[str, Any]:
     outcome, error = rec.outcome, rec.error
     if rec.dropped:
         outcome = Outcome.INCOMPLETE
-        error = "events were dropped while the store could not be written" + (
-            f"; {error}" if error else ""
-        )
-    await conn.execute(
-        update(Interaction)
-        .where(Interaction.id == interaction_id)
-        .values(
-            outcome=outcome.value,
-            error=error,
-            duration_ms=end.duration_ms,
-            event_count=rec.events,
-            body_size=rec.size,
-        )
-    )
+        reason = "events were dropped while the store could not be written"
+        error = f"{reason}; {error}" if error else reason
+    return {
+        "outcome": outcome.value,
+        "error": error,
+        "duration_ms": rec.duration_ms,
+        "event_count": rec.events,
+        "body_size": rec.size,
+    }
+
+
+def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cassette_id": cassette_id,
+        "method": rec.request.method,
+        "url": rec.request.url,
+        "request_headers": [list(h) for h in rec.request.headers],
+        "request_body": rec.request.body,
+        "status": rec.head.status,
+        "response_headers": [list(h) for h in rec.head.headers],
+        "started_at": rec.started_at,
+        "ttfb_ms": rec.ttfb_ms,
+        "outcome": Outcome.RECORDING.value,
+        "error": None,
+        "duration_ms": None,
+        "event_count": 0,
+        "body_size": 0,
+    }
+    if ended:
+        row.update(_final(rec))
+    return row
