@@ -20,6 +20,7 @@ from .forward import client_session
 from .index import Index
 from .pipeline import handle
 from .recorder import Recorder
+from .replay import Bodies
 from .state import RUN, SERVICES, SETTINGS, RunState, Services
 from .store import migrate, queries
 from .store.engine import create_engine
@@ -69,6 +70,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             reader=reader,
             upstream=upstream,
             redactor=settings.redact,
+            bodies=Bodies(reader),
         )
         try:
             yield

@@ -8,6 +8,8 @@ upstream broke mid-stream is replayed the same way: its events, then a broken co
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,8 +22,48 @@ from .records import Outcome
 from .store import queries
 
 
+Page = list[tuple[float, bytes]]
+
+
+class Bodies:
+    """Where replayed events come from: the store, a page at a time, with small bodies kept
+    in memory (least recently used out first) so that a repeated replay reads nothing."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, max_bytes: int = 64 * 2**20, small: int = 256 * 2**10
+    ):
+        self._engine = engine
+        self._max_bytes = max_bytes
+        self._small = small
+        self._cached: OrderedDict[int, Page] = OrderedDict()
+        self._size = 0
+
+    async def pages(self, interaction_id: int, body_size: int) -> AsyncIterator[Page]:
+        cached = self._cached.get(interaction_id)
+        if cached is not None:
+            self._cached.move_to_end(interaction_id)
+            yield cached
+            return
+        if body_size > self._small:
+            async for page in queries.events(self._engine, interaction_id):
+                yield page
+            return
+        events: Page = []
+        async for page in queries.events(self._engine, interaction_id, page=1024):
+            events += page
+        self._keep(interaction_id, events, body_size)
+        yield events
+
+    def _keep(self, interaction_id: int, events: Page, size: int) -> None:
+        self._cached[interaction_id] = events
+        self._size += size
+        while self._size > self._max_bytes:
+            _, dropped = self._cached.popitem(last=False)
+            self._size -= sum(len(data) for _, data in dropped)
+
+
 async def replay(
-    request: web.Request, entry: Entry, engine: AsyncEngine, pace: Pace, t0: float
+    request: web.Request, entry: Entry, bodies: Bodies, pace: Pace, t0: float
 ) -> tuple[web.StreamResponse, int]:
     """Serve `entry`; returns the response and the number of events sent."""
     await entry.committed.wait()  # a recording of this very run: wait for its last batch
@@ -49,7 +91,7 @@ async def replay(
     sent = 0
     try:
         await response.prepare(request)
-        async for page in queries.events(engine, entry.interaction_id):
+        async for page in bodies.pages(entry.interaction_id, entry.body_size):
             if pace.factor is None:
                 await response.write(b"".join(data for _, data in page))
             else:

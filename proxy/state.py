@@ -15,6 +15,7 @@ from .config import Settings
 from .index import Index
 from .recorder import Recorder
 from .redact import Redactor
+from .replay import Bodies
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class Services:
     reader: AsyncEngine
     upstream: aiohttp.ClientSession
     redactor: Redactor
+    bodies: Bodies
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -20,7 +20,8 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
 
     SQLite transactions are emitted by us rather than by the driver (SQLAlchemy's
     "Serializable isolation / Savepoints / Transactional DDL" recipe for aiosqlite), so the
-    writer takes the write lock up front and readers never upgrade a read transaction.
+    writer takes the write lock up front. Readers run each statement in autocommit (one
+    statement is one consistent snapshot), which saves a BEGIN and a ROLLBACK per read.
     """
     if not is_sqlite(url):
         return create_async_engine(url, pool_pre_ping=True)
@@ -29,8 +30,9 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
         connect_args={"timeout": BUSY_TIMEOUT_S},
         pool_size=1 if writer else 8,
         max_overflow=0 if writer else 8,
+        # Readers run single statements in autocommit: nothing to roll back on return.
+        pool_reset_on_return="rollback" if writer else None,
     )
-    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -42,8 +44,10 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    if writer:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

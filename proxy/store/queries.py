@@ -89,7 +89,7 @@ async def interactions(engine: AsyncEngine, cassette: str) -> list[StoredInterac
 
 
 async def events(
-    engine: AsyncEngine, interaction_id: int, page: int = 64
+    engine: AsyncEngine, interaction_id: int, page: int = 256
 ) -> AsyncIterator[list[tuple[float, bytes]]]:
     """An interaction's events in order, a page at a time; each page is its own short read,
     so a slow client never holds a database connection."""
