@@ -156,6 +156,8 @@ class Index:
     async def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
         """A recording starts: it becomes this key's next recording (and counts as used by
         the request that is making it)."""
+        if not use and cassette not in self._cassettes:
+            return  # record mode: nothing to count; the store has it when the cassette loads
         c = await self._cassette(cassette)
         c.add(entry)
         if use:

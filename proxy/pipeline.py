@@ -74,7 +74,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         entry = await services.index.next_unused(ctl.cassette, key)
 
     if entry is not None:
-        response, events = await replay(request, entry, services.bodies, ctl.pace, t0)
+        response, events = await replay(request, ctl.cassette, entry, services.bodies, ctl.pace, t0)
         _log(ctl, request, response.status, "replayed", events, t0)
         return response
 

@@ -21,7 +21,6 @@ from .index import Entry
 from .records import Outcome
 from .store import queries
 
-
 Page = list[tuple[float, bytes]]
 
 
@@ -37,8 +36,26 @@ class Bodies:
         self._small = small
         self._cached: OrderedDict[int, Page] = OrderedDict()
         self._size = 0
+        self._preloaded: dict[str, asyncio.Lock] = {}
 
-    async def pages(self, interaction_id: int, body_size: int) -> AsyncIterator[Page]:
+    async def _preload(self, cassette: str) -> None:
+        """The first replay from a cassette reads all its small bodies in one query."""
+        lock = self._preloaded.get(cassette)
+        if lock is None:
+            lock = self._preloaded[cassette] = asyncio.Lock()
+            async with lock:
+                bodies = await queries.small_bodies(self._engine, cassette, self._small)
+                for interaction_id, events in bodies.items():
+                    self._keep(interaction_id, events, sum(len(d) for _, d in events))
+        else:
+            async with lock:
+                pass
+
+    async def pages(
+        self, cassette: str, interaction_id: int, body_size: int
+    ) -> AsyncIterator[Page]:
+        if body_size <= self._small and cassette not in self._preloaded:
+            await self._preload(cassette)
         cached = self._cached.get(interaction_id)
         if cached is not None:
             self._cached.move_to_end(interaction_id)
@@ -55,6 +72,8 @@ class Bodies:
         yield events
 
     def _keep(self, interaction_id: int, events: Page, size: int) -> None:
+        if interaction_id in self._cached:
+            return
         self._cached[interaction_id] = events
         self._size += size
         while self._size > self._max_bytes:
@@ -63,7 +82,7 @@ class Bodies:
 
 
 async def replay(
-    request: web.Request, entry: Entry, bodies: Bodies, pace: Pace, t0: float
+    request: web.Request, cassette: str, entry: Entry, bodies: Bodies, pace: Pace, t0: float
 ) -> tuple[web.StreamResponse, int]:
     """Serve `entry`; returns the response and the number of events sent."""
     await entry.committed.wait()  # a recording of this very run: wait for its last batch
@@ -91,7 +110,7 @@ async def replay(
     sent = 0
     try:
         await response.prepare(request)
-        async for page in bodies.pages(entry.interaction_id, entry.body_size):
+        async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
             if pace.factor is None:
                 await response.write(b"".join(data for _, data in page))
             else:

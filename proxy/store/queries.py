@@ -112,6 +112,29 @@ async def events(
         after = rows[-1].seq
 
 
+async def small_bodies(
+    engine: AsyncEngine, cassette: str, max_size: int
+) -> dict[int, list[tuple[float, bytes]]]:
+    """The events of every finished interaction of a cassette whose body is `max_size` bytes
+    or less, by interaction id, in order."""
+    stmt = (
+        select(Event.interaction_id, Event.t_ms, Event.data)
+        .join(Interaction)
+        .join(Cassette)
+        .where(
+            Cassette.name == cassette,
+            Interaction.body_size <= max_size,
+            Interaction.outcome != Outcome.RECORDING.value,
+        )
+        .order_by(Event.interaction_id, Event.seq)
+    )
+    bodies: dict[int, list[tuple[float, bytes]]] = {}
+    async with engine.connect() as conn:
+        for row in await conn.execute(stmt):
+            bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data))
+    return bodies
+
+
 async def cassette_summaries(engine: AsyncEngine) -> list[CassetteSummary]:
     stmt = (
         select(
