@@ -78,7 +78,7 @@ class Recorder:
         self,
         engine: AsyncEngine,
         *,
-        high_water: int = 8 * 2**20,
+        high_water: int = 2 * 2**20,
         max_pending_bytes: int = 64 * 2**20,
     ):
         self._engine = engine
