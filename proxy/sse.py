@@ -90,6 +90,8 @@ class SSEFramer(_Buffered):
 
     def _scan(self, chunk: bytes, pos: int) -> list[bytes]:
         """Frame ``chunk``, whose line content starts at ``pos``; earlier chunks are not read."""
+        if not self._cr and b"\r" not in chunk:
+            return self._scan_lf(chunk, pos)
         events: list[bytes] = []
         start = 0  # where the event in progress begins in this chunk
         if self._cr:
@@ -114,6 +116,30 @@ class SSEFramer(_Buffered):
                 start = eol.end()
         if line_start < len(chunk):
             self._line_empty = False
+        if start < len(chunk):
+            self._pieces.append(chunk[start:])
+        return events
+
+    def _scan_lf(self, chunk: bytes, pos: int) -> list[bytes]:
+        """The common case, LF line endings only, framed with C-speed searches: an event
+        ends at an LF that starts a line, or at the second LF of a pair."""
+        events: list[bytes] = []
+        start = 0  # where the event in progress begins in this chunk (a BOM included)
+        at_line_start = self._line_empty
+        i = pos
+        while True:
+            if at_line_start and chunk.startswith(b"\n", i):
+                end = i + 1
+            else:
+                j = chunk.find(b"\n\n", i)
+                if j == -1:
+                    break
+                end = j + 2
+            events.append(self._take(chunk[start:end]))
+            start = i = end
+            at_line_start = True
+        if pos < len(chunk):
+            self._line_empty = chunk.endswith(b"\n")
         if start < len(chunk):
             self._pieces.append(chunk[start:])
         return events
