@@ -62,6 +62,8 @@ class Index:
         self.rules = rules
         self._cassettes: dict[str, _Cassette] = {}
         self._loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Recordings (record mode) of cassettes not loaded yet: they join when one loads.
+        self._not_loaded: dict[str, list[Entry]] = defaultdict(list)
 
     def key(self, request: Request) -> str:
         return match_key(request, self.rules)
@@ -82,11 +84,18 @@ class Index:
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
         their rows: a recording that just ended) taking precedence."""
-        mine = {e.interaction_id: e for e in previous.entries} if previous else {}
+        rows = await queries.interactions(self._engine, name)
+        # This process's entries, taken after the read: one whose recording is still being
+        # written has no id yet (its row, if read, says "recording" and is left out).
+        own = [*(previous.entries if previous else ()), *self._not_loaded.pop(name, ())]
+        mine = {e.interaction_id: e for e in own if e.interaction_id is not None}
+        in_flight = [e for e in own if e.interaction_id is None]
         merged: list[Entry] = []
-        for stored in await queries.interactions(self._engine, name):
+        for stored in rows:
             entry = mine.pop(stored.id, None)
             if entry is None:
+                if stored.outcome is Outcome.RECORDING:
+                    continue  # not replayable (yet); this process's own are in `in_flight`
                 entry = Entry(
                     stored.request,
                     self.key(stored.request),
@@ -99,7 +108,8 @@ class Index:
                 entry.committed.set()
             if entry.outcome is not Outcome.INCOMPLETE:  # never replayed; auto records again
                 merged.append(entry)
-        merged.extend(mine.values())  # still recording, not yet in the store
+        merged.extend(mine.values())
+        merged.extend(in_flight)  # still recording, not yet (all) in the store
         fresh = _Cassette(used=previous.used if previous else defaultdict(int))
         for entry in merged:
             fresh.add(entry)
@@ -157,7 +167,12 @@ class Index:
         """A recording starts: it becomes this key's next recording (and counts as used by
         the request that is making it)."""
         if not use and cassette not in self._cassettes:
-            return  # record mode: nothing to count; the store has it when the cassette loads
+            # record mode: nothing to count, no need to load the cassette now; a replay
+            # that loads it before the writer has committed the recording still finds it.
+            # Those committed are in the store: only the ones in flight are kept.
+            pending = [e for e in self._not_loaded[cassette] if not e.committed.is_set()]
+            self._not_loaded[cassette] = [*pending, entry]
+            return
         c = await self._cassette(cassette)
         c.add(entry)
         if use:
