@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin
+from . import admin, connect
+from .cassette_dir import cassette_dir_ctx
 from .config import Settings
 from .errors import RrproxyError
-from .forward import client_session
+from .forward import client_session, upstream_ssl_context
 from .index import Index
 from .pipeline import handle
 from .recorder import Recorder
@@ -51,6 +52,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
     writer = create_engine(settings.db_url, writer=True)
     reader = create_engine(settings.db_url)
     try:
@@ -62,7 +64,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             )
         recorder = Recorder(writer)
         writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
-        upstream = client_session(settings.connect_timeout, settings.read_timeout)
+        upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
         app[SERVICES] = Services(
             settings=settings,
             index=Index(reader, settings.effective_rules),
@@ -95,6 +97,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[RUN] = RunState(cassette=settings.cassette)
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(cassette_dir_ctx)  # after the store: loads files, writes them
+    connect.setup(app, error_response)  # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT
     admin.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

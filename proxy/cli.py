@@ -13,7 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .cassette_cli import add_commands as add_cassette_commands
 from .config import Mode, Settings, load_settings
+from .env_cli import add_commands as add_env_commands
 from .errors import ConfigError, RrproxyError
 
 log = logging.getLogger("proxy")
@@ -30,7 +32,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         default=None,
-        help="log more (debug lines and the access log)",
+        help="log more (debug lines)",
     )
 
 
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", metavar="URL", help="default https://api.openai.com")
     serve.add_argument("--mode", help="/".join(m.value for m in Mode) + " (default auto)")
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
+    serve.add_argument("--cassette-dir", metavar="DIR", help="cassette files (loaded, rewritten)")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
     serve.add_argument(
         "--strict",
@@ -57,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="replay: a request beyond its recordings is a miss",
     )
+    serve.add_argument(
+        "--allow-remote",
+        action="store_const",
+        const=True,
+        default=None,
+        help="listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
+    )
     serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="manage the store")
@@ -64,11 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="apply the schema migrations")
     _settings_flags(upgrade)
     upgrade.set_defaults(run=_db_upgrade)
+    add_cassette_commands(commands)
+    add_env_commands(commands)
     return parser
 
 
 def _load(args: argparse.Namespace) -> Settings:
-    names = ("host", "port", "upstream", "mode", "cassette", "db", "pace", "strict", "verbose")
+    names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
+    names += ("strict", "verbose", "cassette_dir", "allow_remote")
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
 
@@ -86,7 +99,7 @@ def _configure_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     from .app import create_app
 
     log.info(
@@ -105,7 +118,7 @@ def _serve(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             shutdown_timeout=settings.shutdown_timeout,
-            access_log=logging.getLogger("aiohttp.access") if settings.verbose else None,
+            access_log=None,  # our own line per interaction; it never shows a query's secrets
             print=None,
         )
     except OSError as exc:
@@ -117,7 +130,7 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _db_upgrade(settings: Settings) -> int:
+def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
     from .store import migrate
     from .store.engine import create_engine
 
@@ -143,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _configure_logging(settings.verbose)
     try:
-        return int(args.run(settings))
+        return int(args.run(settings, args))  # run(settings, args): each command's function
     except ConfigError as exc:
         print(f"rrproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .hosts import check_pattern
 from .matching import MatchRules
 from .redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 
@@ -50,6 +51,7 @@ class Settings:
     mode: Mode = Mode.AUTO
     cassette: str = "default"
     db: str = "rrproxy.db"
+    cassette_dir: str | None = None  # DIR/NAME.cassette.jsonl files are the cassettes
     pace: Pace = Pace()
     strict: bool = False
     verbose: bool = False
@@ -59,6 +61,13 @@ class Settings:
     shutdown_timeout: float = 30.0
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
+    # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
+    ca_dir: str = "~/.rrproxy/ca"
+    upstream_ca_bundle: str | None = None
+    passthrough_hosts: tuple[str, ...] = ()
+    allow_hosts: tuple[str, ...] = ()
+    allow_remote: bool = False
+    routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
 
     @property
     def db_url(self) -> str:
@@ -95,8 +104,8 @@ def _str(v: Any) -> str:
 
 
 def _int(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError("must be a whole number")
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError("must be a whole number")  # a TOML 1.5 is refused, not truncated
     try:
         return int(v)
     except (TypeError, ValueError):
@@ -175,6 +184,35 @@ def _upstream(v: Any) -> str:
     return url
 
 
+def _host_patterns(v: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_pattern(p) for p in _names(v)))
+
+
+def _routes(v: Any) -> tuple[tuple[str, str], ...]:
+    """`{"/openai" = "https://api.openai.com"}` (a TOML table), or `/openai=URL,...`."""
+    pairs: list[tuple[Any, Any]]
+    if isinstance(v, dict):
+        pairs = list(v.items())
+    else:
+        entries = _names(v)
+        if not all("=" in e for e in entries):
+            raise ValueError("must map path prefixes to URLs, as /openai=https://api.openai.com")
+        pairs = [(p.strip(), u.strip()) for p, u in (e.split("=", 1) for e in entries)]
+    routes: dict[str, str] = {}
+    for prefix, url in pairs:
+        prefix = str(prefix).rstrip("/")
+        if not prefix.startswith("/") or prefix.startswith("/_rrproxy") or "?" in prefix:
+            raise ValueError(
+                f"route {prefix or '/'!r}: a prefix is a path such as /openai "
+                "(not /, which is `upstream`, nor under /_rrproxy)"
+            )
+        try:
+            routes[prefix] = _upstream(url)
+        except ValueError as exc:
+            raise ValueError(f"route {prefix!r}: {exc}") from None
+    return tuple(sorted(routes.items(), key=lambda r: -len(r[0])))
+
+
 def _cassette(v: Any) -> str:
     return check_cassette_name(_str(v))
 
@@ -219,8 +257,10 @@ def _set_rule(attr: str) -> Callable[[Settings, Any], Settings]:
     return lambda s, v: replace(s, matching=replace(s.matching, **{attr: v}))
 
 
-def _set_redact(attr: str) -> Callable[[Settings, Any], Settings]:
-    return lambda s, v: replace(s, redact=replace(s.redact, **{attr: v}))
+def _add_redacted(attr: str, always: frozenset[str]) -> Callable[[Settings, Any], Settings]:
+    """Configured names are added to the built-in ones, which always apply: a list that
+    names one custom header must not stop the redaction of API keys."""
+    return lambda s, v: replace(s, redact=replace(s.redact, **{attr: always | v}))
 
 
 KEYS: tuple[Key, ...] = (
@@ -230,6 +270,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "mode", _mode, _set("mode")),
     Key(None, "cassette", _cassette, _set("cassette")),
     Key(None, "db", _str, _set("db")),
+    Key(None, "cassette_dir", _str, _set("cassette_dir")),
     Key(None, "pace", parse_pace, _set("pace")),
     Key(None, "strict", _bool, _set("strict")),
     Key(None, "verbose", _bool, _set("verbose")),
@@ -240,8 +281,14 @@ KEYS: tuple[Key, ...] = (
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
-    Key("redact", "headers", _lower_set, _set_redact("headers")),
-    Key("redact", "query_params", _lower_set, _set_redact("query_params")),
+    Key("redact", "headers", _lower_set, _add_redacted("headers", DEFAULT_HEADERS)),
+    Key("redact", "query_params", _lower_set, _add_redacted("query_params", DEFAULT_QUERY_PARAMS)),
+    Key(None, "ca_dir", _str, _set("ca_dir")),
+    Key(None, "upstream_ca_bundle", _str, _set("upstream_ca_bundle")),
+    Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),
+    Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
+    Key(None, "allow_remote", _bool, _set("allow_remote")),
+    Key(None, "routes", _routes, _set("routes")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
 
@@ -266,7 +313,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and name not in KEYS_BY_NAME:  # a table, not a key's value
             for sub, v in value.items():
                 flat[f"{name}.{sub}"] = v
         else:

@@ -58,3 +58,11 @@ class StoreError(RrproxyError, RuntimeError):
 
     status = 503
     error_type = "rrproxy_store_error"
+
+
+class Refused(RrproxyError, PermissionError):
+    """rrproxy will not forward this request: a host outside `allow_hosts`, a request aimed
+    at rrproxy itself (a loop), or forwarding that the configuration does not permit."""
+
+    status = 403
+    error_type = "rrproxy_refused"

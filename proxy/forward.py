@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import ConfigError, UpstreamError, UpstreamTimeout
 from .headers import end_to_end
 from .recorder import Recorder, Recording
 from .records import Outcome, Request, ResponseHead
@@ -29,11 +30,33 @@ log = logging.getLogger(__name__)
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
-def client_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
+def upstream_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """Verification of upstream certificates: the system's trust store, plus the CAs in
+    `ca_bundle` (a PEM file, for private upstreams) when one is configured."""
+    context = ssl.create_default_context()
+    if ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"upstream_ca_bundle = {ca_bundle!r}: cannot load it as PEM certificates ({exc})"
+            ) from None
+    return context
+
+
+def client_session(
+    connect_timeout: float, read_timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
     """The one upstream client: pooled, no decompression, no proxy settings from the
-    environment (rrproxy must not loop through itself)."""
+    environment (rrproxy must not loop through itself), certificates verified against
+    `ssl_context` (default: the system's trust store)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300),
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            ssl=ssl_context if ssl_context is not None else upstream_ssl_context(),
+        ),
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         ),
@@ -50,7 +73,7 @@ async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.Clie
     url = URL(request.url, encoded=True)
     upstream = f"{url.scheme}://{url.authority}"
     try:
-        return await session.request(
+        response = await session.request(
             request.method,
             url,
             headers=list(request.headers),
@@ -70,6 +93,16 @@ async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.Clie
         raise UpstreamTimeout(f"upstream {upstream} did not answer in time ({exc})") from exc
     except aiohttp.ClientError as exc:
         raise UpstreamError(f"upstream {upstream} failed: {type(exc).__name__}: {exc}") from exc
+    # aiohttp's C parser refuses differing Content-Lengths; its pure-Python one keeps the
+    # first. A proxy must answer 502 to such a response (RFC 9110 §8.6, RFC 9112 §6.3).
+    lengths = set(response.headers.getall("Content-Length", ()))
+    if len(lengths) > 1:
+        response.close()
+        raise UpstreamError(
+            f"upstream {upstream} answered with conflicting Content-Length headers "
+            f"({', '.join(sorted(lengths))}): the response's framing is ambiguous"
+        )
+    return response
 
 
 def response_head(upstream: aiohttp.ClientResponse) -> ResponseHead:

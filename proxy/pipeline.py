@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -67,15 +68,29 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     if ctl.mode is Mode.REPLAY:
         found = await services.index.for_replay(ctl.cassette, key, stored, strict=settings.strict)
         if not isinstance(found, Entry):
-            _log(ctl, request, 404, "missed", 0, t0)
+            _log(ctl, stored, 404, "missed", 0, t0)
             raise ReplayMiss(found.message)
         entry = found
     elif ctl.mode is Mode.AUTO:
         entry = await services.index.next_unused(ctl.cassette, key)
 
     if entry is not None:
+        # A recording of this very run is replayable once its last batch is in the store,
+        # unless its events had to be dropped meanwhile (the store was failing).
+        await entry.committed.wait()
+        if not entry.available:
+            if ctl.mode is Mode.REPLAY:
+                _log(ctl, stored, 404, "missed (recording incomplete)", 0, t0)
+                raise ReplayMiss(
+                    f"the recording of {request.method} {stored.url} in cassette "
+                    f"{ctl.cassette!r} is incomplete: its events could not all be written to "
+                    "the store. Record it again."
+                )
+            entry = None  # auto: record it again
+
+    if entry is not None:
         response, events = await replay(request, ctl.cassette, entry, services.bodies, ctl.pace, t0)
-        _log(ctl, request, response.status, "replayed", events, t0)
+        _log(ctl, stored, response.status, "replayed", events, t0)
         return response
 
     # Shielded: a client that hangs up (or a server that cancels its handler) does not stop
@@ -100,7 +115,7 @@ async def _forward(
     source = "passthrough" if tee is None else "recorded"
     relayed = await relay(request, upstream, head, source, tee)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
-    _log(ctl, request, head.status, what, relayed.events, t0)
+    _log(ctl, stored, head.status, what, relayed.events, t0)
     return relayed.response
 
 
@@ -135,16 +150,18 @@ async def _start_recording(
     return Tee(services.recorder, recording, framer, t0, ended)
 
 
-def _log(
-    ctl: Control, request: web.Request, status: int, what: str, events: int, t0: float
-) -> None:
+def _log(ctl: Control, stored: Request, status: int, what: str, events: int, t0: float) -> None:
+    """One line per interaction; the URL without its query (which may hold secrets)."""
     ms = (asyncio.get_running_loop().time() - t0) * 1000
+    url = urlsplit(stored.url)
     log.info(
-        "%s %s %s %s -> %d %s, %d events, %.0f ms",
+        "%s %s %s %s%s%s -> %d %s, %d events, %.0f ms",
         ctl.mode,
         ctl.cassette,
-        request.method,
-        request.path,
+        stored.method,
+        url.hostname,
+        f":{url.port}" if url.port else "",
+        url.path,
         status,
         what,
         events,

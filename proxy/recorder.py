@@ -190,11 +190,14 @@ class Recorder:
                 self._pending = batch
                 if self._failing_since is None:
                     self._failing_since = asyncio.get_running_loop().time()
+                    # the driver's error, not SQLAlchemy's wrapper: that one quotes the
+                    # statement with its parameters (recorded bodies) in the log line
+                    cause = getattr(exc, "orig", None) or exc
                     log.error(
                         "cannot write to the store (%s: %s); streams continue, recording is "
                         "retried",
-                        type(exc).__name__,
-                        exc,
+                        type(cause).__name__,
+                        cause,
                     )
                     async with self._progress:
                         self._progress.notify_all()

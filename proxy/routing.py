@@ -1,12 +1,60 @@
-"""Where a request goes: the upstream URL for an incoming request."""
+"""Where a request goes: the upstream URL for an incoming request.
+
+Three kinds of request reach the pipeline:
+- inside a CONNECT tunnel, or in absolute form (`GET http://host/path`, a client using
+  rrproxy as its HTTP_PROXY): the host the client named, which the forward proxy has
+  already checked and put in the request's `TARGET`;
+- a relative path under a configured route prefix: that route's upstream, the prefix
+  stripped (`/openai/v1/responses` with `/openai = "https://api.openai.com"` goes to
+  `https://api.openai.com/v1/responses`);
+- any other relative path: the configured `upstream`.
+A URL aimed at rrproxy's own listening address is refused: it would loop.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from .config import Settings
+from .errors import BadRequest, Refused
+from .hosts import Target, is_own_address, origin_form, url_target
+
+TARGET = web.RequestKey("rrproxy_target", Target)
+"""The origin a forward-proxied request goes to (set for CONNECT tunnels and absolute form)."""
 
 
-def upstream_url(request: web.Request, settings: Settings) -> str:
-    """The configured upstream, plus the request's path and query exactly as sent."""
-    return settings.upstream + request.raw_path
+def upstream_url(request: web.BaseRequest, settings: Settings) -> str:
+    """The upstream URL, path and query exactly as sent; `Refused` when it would loop."""
+    target: Target | None = request.get(TARGET)
+    try:
+        if target is not None:
+            url = target.origin + origin_form(request.raw_path)
+        else:
+            url = routed_url(request.raw_path, settings)
+    except ValueError as exc:
+        raise BadRequest(f"bad request target: {exc}") from None
+    refuse_loop(request, settings, url_target(url), url)
+    return url
+
+
+def routed_url(raw_path: str, settings: Settings) -> str:
+    """A relative request's upstream: the longest matching route, else `upstream`."""
+    if not raw_path.startswith("/"):
+        raise ValueError(f"{raw_path!r} is not a path")
+    path = raw_path.split("?", 1)[0]
+    for prefix, upstream in settings.routes:  # longest prefix first
+        if path == prefix or path.startswith(prefix + "/"):
+            rest = raw_path[len(prefix) :]
+            return upstream + (rest if rest.startswith("/") else "/" + rest)
+    return settings.upstream + raw_path
+
+
+def refuse_loop(request: web.BaseRequest, settings: Settings, target: Target, what: str) -> None:
+    """Raise `Refused` when `target` is the address `request` arrived on (rrproxy itself)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+    if is_own_address(target.host, target.port, local, settings.host):
+        raise Refused(
+            f"{what} is rrproxy's own address ({target.authority}): refused, it would loop; "
+            "point the client or the upstream/routes settings at the real service"
+        )

@@ -76,3 +76,14 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     t_ms: Mapped[float] = mapped_column(Float)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CassetteFile(Base):
+    """A cassette directory's file as last loaded or written: unchanged files are not read
+    again at start. Keyed by cassette name (the file is `NAME.cassette.jsonl`)."""
+
+    __tablename__ = "cassette_files"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

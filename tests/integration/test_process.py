@@ -219,9 +219,9 @@ async def test_one_log_line_per_interaction(
     upstream = await start_upstream(stream_upstream(hold, first_held=0))
     target = str(upstream.make_url("")).rstrip("/")
     expected = [
-        r"record logs POST /v1/stream -> 200 recorded, 5 events, \d+ ms$",
-        r"replay logs POST /v1/stream -> 200 replayed, 5 events, \d+ ms$",
-        r"replay logs POST /v1/stream -> 404 missed, 0 events, \d+ ms$",
+        r"record logs POST 127\.0\.0\.1:\d+/v1/stream -> 200 recorded, 5 events, \d+ ms$",
+        r"replay logs POST 127\.0\.0\.1:\d+/v1/stream -> 200 replayed, 5 events, \d+ ms$",
+        r"replay logs POST 127\.0\.0\.1:\d+/v1/stream -> 404 missed, 0 events, \d+ ms$",
     ]
     async with serving(
         "--db", str(db_path), "--upstream", target, "--cassette", "logs", cwd=tmp_path
@@ -235,7 +235,7 @@ async def test_one_log_line_per_interaction(
                     assert resp.status == status, text
 
         def interaction_lines() -> list[str] | None:
-            lines = [line for line in proxy.stderr().splitlines() if " /v1/stream -> " in line]
+            lines = [line for line in proxy.stderr().splitlines() if "/v1/stream -> " in line]
             return lines if len(lines) >= len(expected) else None
 
         lines = await eventually(interaction_lines)

@@ -1,0 +1,235 @@
+"""A cassette directory as the source of truth (`--cassette-dir DIR`).
+
+The files `DIR/NAME.cassette.jsonl` are the team's cassettes, kept in git. At start every
+file whose content changed since this store last loaded or wrote it is imported (replacing
+that cassette); a cassette whose file was removed is removed from the store, so deleting a
+file is how a cassette is recorded afresh. A file that cannot be read is reported by name
+and skipped; the others load.
+
+Whenever a recording finishes (a `Recorder` listener), its cassette's file is rewritten
+atomically — a temporary file in DIR, flushed to disk, then renamed over the old one — so
+`git status` shows the new recording at once and a reader never sees half a file. The
+content hashes of the files loaded and written are kept in the `cassette_files` table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .cassette_file import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
+from .config import check_cassette_name
+from .recorder import Recording
+from .state import SERVICES, SETTINGS
+from .store import cassettes
+from .store.cassettes import Imported, SecretsFound
+from .store.engine import create_engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    loaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # file name -> why
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[IO[bytes]]:
+    """A file that appears at `path` complete or not at all (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Hashing:
+    """A binary writer that also hashes what passes through it."""
+
+    def __init__(self, out: IO[bytes]):
+        self.out = out
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.out.write(data)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
+            return ""  # the import says why
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class CassetteDir:
+    def __init__(self, path: Path, writer: AsyncEngine, reader: AsyncEngine):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._dirty: set[str] = set()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self.written = 0
+
+    def file(self, name: str) -> Path:
+        return self.path / file_name(name)
+
+    # -- at start ---------------------------------------------------------------------------
+
+    async def load(self) -> LoadReport:
+        """Import each changed file; drop cassettes whose file is gone."""
+        report = LoadReport()
+        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+        async with self._writer.connect() as conn:
+            known = await cassettes.file_hashes(conn)
+        present: set[str] = set()
+        for path in sorted(self.path.glob("*" + SUFFIX)):
+            name = path.name.removesuffix(SUFFIX)
+            try:
+                check_cassette_name(name)
+            except ValueError as exc:
+                report.failed[path.name] = str(exc)
+                continue
+            present.add(name)
+            try:
+                await self._load_file(path, name, known.get(name), report)
+            except (CassetteFileError, OSError) as exc:
+                report.failed[path.name] = str(exc)
+        for name in sorted(known.keys() - present):
+            async with self._writer.begin() as conn:
+                await cassettes.delete_cassette(conn, name)
+            report.removed.append(name)
+        self._log(report)
+        return report
+
+    async def _load_file(
+        self, path: Path, name: str, known: str | None, report: LoadReport
+    ) -> None:
+        sha = await asyncio.to_thread(_file_sha256, path)
+        if sha == known:
+            report.unchanged.append(name)
+            return
+
+        async def remember(conn: AsyncConnection, _result: Imported) -> None:
+            await cassettes.set_file_hash(conn, name, sha)
+
+        imported = await cassettes.import_file(
+            self._writer, path, name=name, replace=True, then=remember
+        )
+        if imported.status is cassettes.ImportStatus.UNCHANGED:
+            report.unchanged.append(name)
+        else:
+            report.loaded.append(name)
+
+    def _log(self, report: LoadReport) -> None:
+        for file, why in report.failed.items():
+            log.error("cassette file %s skipped: %s", self.path / file, why)
+        for name in report.removed:
+            log.warning(
+                "cassette %r removed from the store: its file is gone from %s", name, self.path
+            )
+        changed = report.loaded or report.removed or report.failed
+        log.log(
+            logging.INFO if changed else logging.DEBUG,
+            "cassette directory %s: %d loaded, %d unchanged, %d removed, %d skipped",
+            self.path,
+            len(report.loaded),
+            len(report.unchanged),
+            len(report.removed),
+            len(report.failed),
+        )
+
+    # -- while serving ----------------------------------------------------------------------
+
+    def recorded(self, rec: Recording) -> None:
+        """Recorder listener: the recording is committed; its cassette's file is out of date."""
+        self._dirty.add(rec.cassette)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Rewrite the files of cassettes that changed, until `close` (then the last ones)."""
+        while True:
+            if not self._dirty:
+                if self._closing:
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            name = min(self._dirty)
+            self._dirty.discard(name)
+            try:
+                await self.write(name)
+            except SecretsFound as exc:
+                log.error("cassette file %s not written: %s", self.file(name), exc)
+            except Exception as exc:
+                log.error(
+                    "cannot write cassette file %s (%s: %s); it is tried again after the "
+                    "next recording",
+                    self.file(name),
+                    type(exc).__name__,
+                    exc,
+                )
+
+    async def write(self, name: str) -> None:
+        """Write the cassette's file from the store (finished interactions only)."""
+        path = self.file(name)
+        with atomic_write(path) as f:
+            out = _Hashing(f)
+            await cassettes.export(self._reader, name, out, finished_only=True)
+        async with self._writer.begin() as conn:
+            await cassettes.set_file_hash(conn, name, out.sha256.hexdigest())
+        self.written += 1
+        log.info("cassette %r written to %s", name, path)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+
+
+async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's cleanup context for `cassette_dir`: load at start; on the way out, wait for
+    the recorder's last commits and write their files. Runs after the store's context."""
+    settings = app[SETTINGS]
+    if settings.cassette_dir is None:
+        yield
+        return
+    services = app[SERVICES]
+    writer = create_engine(settings.db_url, writer=True)
+    try:
+        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader)
+        await sync.load()
+        services.recorder.listeners.append(sync.recorded)
+        task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
+        try:
+            yield
+        finally:
+            try:
+                await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
+            except TimeoutError:
+                log.error("the store did not take the last recordings; their files are not written")
+            await sync.close()
+            await task
+    finally:
+        await writer.dispose()

@@ -1,0 +1,441 @@
+"""The portable cassette file (`NAME.cassette.jsonl`): records ↔ lines, version 1.
+
+UTF-8 JSON Lines, one object a line, "\\n" after each:
+
+    {"format": "rrproxy-cassette", "version": 1, "name": "hello-world", "interactions": 1}
+    {"request": {...}, "response": {...}, "complete": true, "outcome": "complete", ...}
+    {"t": 380.5, "data": "event: response.created\\ndata: {...}\\n\\n"}
+    {"t": 381.0, "b64": "..."}
+
+A header, then for each interaction one line for the request and response head followed
+by one line per event. Text is stored as text (a body or an event that is valid UTF-8);
+only bytes that are not UTF-8 are base64 (`body_b64`, `b64`). Headers are `[name, value]`
+pairs, in the order sent (a name may repeat). Keys come in a fixed order and floats in
+Python's shortest round-trip form, so writing what was read gives the same bytes.
+
+The counts (`interactions` in the header, `events` on each interaction line) make a file
+cut at any line boundary fail to read, as a file cut inside a line does.
+
+Reading checks every line, refuses what version 1 does not know (vcrpy `serialize.py`,
+mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import IO, Any, ClassVar
+
+from .config import check_cassette_name
+from .errors import RrproxyError
+from .records import Event, Headers, Outcome, Request, ResponseHead
+
+FORMAT = "rrproxy-cassette"
+VERSION = 1
+SUFFIX = ".cassette.jsonl"
+
+MAX_FILE_BYTES = 1024 * 1024 * 1024
+"""A larger file is refused before any of it is read."""
+MAX_LINE_BYTES = 256 * 1024 * 1024
+"""A longer line is refused without holding more of it than this."""
+
+_OUTCOMES = {o.value: o for o in Outcome if o is not Outcome.RECORDING}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}")  # an RFC 9110 token, as the store holds
+
+
+class CassetteFileError(RrproxyError, ValueError):
+    """A cassette file that cannot be read: says which line and why."""
+
+    status = 400
+    error_type = "rrproxy_bad_cassette"
+
+    def __init__(self, line: int | None, reason: str, source: str = "cassette file"):
+        super().__init__(f"{source}, line {line}: {reason}" if line else f"{source}: {reason}")
+        self.line = line
+        self.reason = reason
+        self.source = source
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One interaction as a cassette file holds it."""
+
+    request: Request
+    response: ResponseHead
+    outcome: Outcome
+    error: str | None
+    recorded_at: datetime
+    ttfb_ms: float
+    duration_ms: float | None
+    events: tuple[Event, ...]
+
+    @property
+    def complete(self) -> bool:
+        """The whole response is here (a client that hung up did not stop the recording)."""
+        return self.outcome in (Outcome.COMPLETE, Outcome.CLIENT_GONE)
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    interactions: int
+
+
+def file_name(cassette: str) -> str:
+    return check_cassette_name(cassette) + SUFFIX
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def header_line(name: str, interactions: int) -> bytes:
+    return _line({"format": FORMAT, "version": VERSION, "name": name, "interactions": interactions})
+
+
+def interaction_lines(rec: Recorded) -> Iterator[bytes]:
+    """The interaction's head line, then one line per event."""
+    request: dict[str, Any] = {
+        "method": rec.request.method,
+        "url": rec.request.url,
+        "headers": [[n, v] for n, v in rec.request.headers],
+    }
+    request.update(_bytes_field("body", "body_b64", rec.request.body))
+    yield _line(
+        {
+            "request": request,
+            "response": {
+                "status": rec.response.status,
+                "headers": [[n, v] for n, v in rec.response.headers],
+            },
+            "complete": rec.complete,
+            "outcome": rec.outcome.value,
+            "error": rec.error,
+            "recorded_at": format_time(rec.recorded_at),
+            "ttfb_ms": rec.ttfb_ms,
+            "duration_ms": rec.duration_ms,
+            "events": len(rec.events),
+        }
+    )
+    for event in rec.events:
+        yield _line({"t": event.t_ms, **_bytes_field("data", "b64", event.data)})
+
+
+def dump(name: str, interactions: Iterable[Recorded]) -> bytes:
+    """A whole cassette file in memory (for small cassettes and tests)."""
+    recs = list(interactions)
+    lines = [header_line(name, len(recs))]
+    for rec in recs:
+        lines.extend(interaction_lines(rec))
+    return b"".join(lines)
+
+
+def format_time(t: datetime) -> str:
+    if t.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _bytes_field(text_key: str, b64_key: str, data: bytes) -> dict[str, str]:
+    try:
+        return {text_key: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {b64_key: base64.b64encode(data).decode("ascii")}
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    # A header value aiohttp decoded with surrogateescape may hold lone surrogates, which
+    # UTF-8 cannot carry: write those (only ever inside strings) as JSON escapes.
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text.encode("utf-8") + b"\n"
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+class _Lines:
+    """Numbered lines of a binary stream, none longer than `max_line` bytes."""
+
+    def __init__(self, stream: IO[bytes], source: str, max_line: int):
+        self._stream = stream
+        self._source = source
+        self._max = max_line
+        self.number = 0
+
+    def error(self, reason: str, line: int | None = None) -> CassetteFileError:
+        return CassetteFileError(self.number if line is None else line, reason, self._source)
+
+    def next(self) -> str | None:
+        raw = self._stream.readline(self._max + 1)
+        if not raw:
+            return None
+        self.number += 1
+        if len(raw) > self._max and not raw.endswith(b"\n"):
+            raise self.error(f"longer than {self._max} bytes")
+        if raw.startswith(b"\xef\xbb\xbf"):
+            raise self.error("starts with a UTF-8 byte order mark; save the file without it")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.error(f"not UTF-8 (byte {exc.start}); bytes go in base64 fields") from None
+        text = text.removesuffix("\n").removesuffix("\r")  # CRLF from a Windows checkout
+        if not text.strip():
+            raise self.error("empty line")
+        return text
+
+
+def read(
+    stream: IO[bytes], *, source: str = "cassette file", max_line: int = MAX_LINE_BYTES
+) -> Iterator[Header | Recorded]:
+    """The header, then each interaction with its events; raises `CassetteFileError` at the
+    first wrong line (an interaction is yielded only once all its events are read)."""
+    lines = _Lines(stream, source, max_line)
+    first = lines.next()
+    if first is None:
+        raise lines.error("the file is empty; a cassette starts with a header line", line=1)
+    header = _header(_object(first, lines), lines)
+    yield header
+    count = 0
+    while (text := lines.next()) is not None:
+        at = lines.number
+        obj = _object(text, lines)
+        if "request" not in obj:
+            what = "an event line" if "t" in obj else "a line without 'request'"
+            raise lines.error(f"expected an interaction line (with 'request'), found {what}")
+        if count == header.interactions:
+            raise lines.error(
+                f"the header (line 1) announces {header.interactions} interaction(s); "
+                "this line starts one more"
+            )
+        head, expected = _interaction(obj, lines)
+        events: list[Event] = []
+        while len(events) < expected:
+            text = lines.next()
+            if text is None:
+                raise lines.error(
+                    f"the file ends after {len(events)} of the {expected} events that the "
+                    f"interaction on line {at} announces (a truncated file?)"
+                )
+            events.append(_event(_object(text, lines), lines))
+        count += 1
+        yield replace(head, events=tuple(events))
+    if count < header.interactions:
+        raise lines.error(
+            f"the header (line 1) announces {header.interactions} interaction(s), the file has "
+            f"{count} (a truncated file?)"
+        )
+
+
+def loads(data: bytes, *, source: str = "cassette file") -> tuple[Header, list[Recorded]]:
+    """A whole cassette file from memory."""
+    items = list(read(io.BytesIO(data), source=source))
+    header = items[0]
+    assert isinstance(header, Header)
+    return header, [i for i in items[1:] if isinstance(i, Recorded)]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {key!r} appears twice")
+        obj[key] = value
+    return obj
+
+
+def _object(text: str, lines: _Lines) -> dict[str, Any]:
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except RecursionError:
+        raise lines.error("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError included
+        raise lines.error(f"not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise lines.error(f"expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+class _Fields:
+    """Typed access to one JSON object's fields; unknown fields are an error."""
+
+    KINDS: ClassVar[dict[type, str]] = {
+        str: "a string",
+        int: "a whole number",
+        list: "a list",
+        dict: "an object",
+        bool: "true or false",
+    }
+
+    def __init__(self, obj: dict[str, Any], where: str, lines: _Lines, known: tuple[str, ...]):
+        self.obj = obj
+        self.where = where
+        self.lines = lines
+        unknown = [k for k in obj if k not in known]
+        if unknown:
+            raise lines.error(
+                f"{where}: unknown field {unknown[0]!r} (this rrproxy reads cassette format "
+                f"version {VERSION}; fields: {', '.join(known)})"
+            )
+
+    def fail(self, key: str, reason: str) -> CassetteFileError:
+        return self.lines.error(f"{self.where}{key!r} {reason}")
+
+    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
+        if key not in self.obj:
+            if optional:
+                return None
+            raise self.fail(key, "is missing")
+        value = self.obj[key]
+        if value is None and optional:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"must be {self.KINDS[kind]}, not {json.dumps(value)[:40]}")
+        return value
+
+    def number(self, key: str, *, optional: bool = False) -> float | None:
+        value = self.obj.get(key)
+        if key not in self.obj and not optional:
+            raise self.fail(key, "is missing")
+        if value is None and optional:
+            return None
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise self.fail(key, "must be a number of milliseconds, 0 or more")
+        return float(value)
+
+    def headers(self, key: str) -> Headers:
+        pairs = self.get(key, list)
+        for pair in pairs:
+            if not (
+                isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
+            ):
+                raise self.fail(key, 'must be a list of ["name", "value"] pairs')
+        return tuple((n, v) for n, v in pairs)
+
+    def data(self, text_key: str, b64_key: str) -> bytes:
+        has_text, has_b64 = text_key in self.obj, b64_key in self.obj
+        if has_text == has_b64:
+            raise self.lines.error(f"{self.where}needs exactly one of {text_key!r}, {b64_key!r}")
+        if has_text:
+            text: str = self.get(text_key, str)
+            try:
+                return text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise self.fail(text_key, "holds a lone surrogate (use base64)") from None
+        try:
+            return base64.b64decode(self.get(b64_key, str), validate=True)
+        except (binascii.Error, ValueError):
+            raise self.fail(b64_key, "is not valid base64") from None
+
+
+def _header(obj: dict[str, Any], lines: _Lines) -> Header:
+    if obj.get("format") != FORMAT:
+        raise lines.error(
+            f'not an rrproxy cassette: the first line must be the header {{"format": "{FORMAT}",'
+            f' "version": {VERSION}, ...}}'
+        )
+    version = obj.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise lines.error(
+            f"cassette format version {version} is newer than this rrproxy reads ({VERSION}); "
+            "upgrade rrproxy"
+        )
+    f = _Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
+    if f.get("version", int) != VERSION:
+        raise f.fail("version", f"must be {VERSION}")
+    try:
+        name = check_cassette_name(f.get("name", str))
+    except ValueError as exc:
+        raise f.fail("name", f"is not usable: {exc}") from None
+    interactions = f.get("interactions", int)
+    if interactions < 0:
+        raise f.fail("interactions", "must be 0 or more")
+    return Header(name, interactions)
+
+
+def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
+    """The interaction without its events yet, and how many events follow."""
+    known = (
+        "request",
+        "response",
+        "complete",
+        "outcome",
+        "error",
+        "recorded_at",
+        "ttfb_ms",
+        "duration_ms",
+        "events",
+    )
+    f = _Fields(obj, "", lines, known)
+    req = _Fields(
+        f.get("request", dict), "request: ", lines, ("method", "url", "headers", "body", "body_b64")
+    )
+    method = req.get("method", str)
+    if not _METHOD.fullmatch(method):
+        raise req.fail("method", "must be an HTTP method such as POST")
+    url = req.get("url", str)
+    if not re.match(r"(?i)https?://[^/?#\s]+", url):
+        raise req.fail("url", "must be an absolute http:// or https:// URL")
+    request = Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
+    resp = _Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
+    status = resp.get("status", int)
+    if not 100 <= status <= 999:
+        raise resp.fail("status", "must be an HTTP status from 100 to 999")
+    response = ResponseHead(status, resp.headers("headers"))
+    outcome_text = f.get("outcome", str)
+    outcome = _OUTCOMES.get(outcome_text)
+    if outcome is None:
+        raise f.fail("outcome", f"must be one of {', '.join(_OUTCOMES)}")
+    complete = f.get("complete", bool)
+    if complete != (outcome in (Outcome.COMPLETE, Outcome.CLIENT_GONE)):
+        raise f.fail("complete", f"must be {str(not complete).lower()} for outcome {outcome_text}")
+    try:
+        recorded_at = datetime.fromisoformat(f.get("recorded_at", str))
+    except ValueError:
+        raise f.fail("recorded_at", "must be a time such as 2025-03-06T13:50:19.000000Z") from None
+    if recorded_at.tzinfo is None:
+        raise f.fail("recorded_at", "must say its time zone (end it with Z for UTC)")
+    events = f.get("events", int)
+    if events < 0:
+        raise f.fail("events", "must be 0 or more")
+    ttfb_ms = f.number("ttfb_ms")
+    assert ttfb_ms is not None
+    head = Recorded(
+        request=request,
+        response=response,
+        outcome=outcome,
+        error=f.get("error", str, optional=True),
+        recorded_at=recorded_at.astimezone(UTC),
+        ttfb_ms=ttfb_ms,
+        duration_ms=f.number("duration_ms", optional=True),
+        events=(),
+    )
+    return head, events
+
+
+def _event(obj: dict[str, Any], lines: _Lines) -> Event:
+    if "request" in obj:
+        raise lines.error(
+            "expected an event line, found an interaction line (the previous interaction "
+            "announces more events than it has)"
+        )
+    f = _Fields(obj, "event: ", lines, ("t", "data", "b64"))
+    t = f.number("t")
+    assert t is not None
+    return Event(t, f.data("data", "b64"))

@@ -1,0 +1,55 @@
+"""What the forward proxy may do: which hosts it intercepts, tunnels blind or refuses, and
+where it may listen. Plain functions over the settings; the callers do the I/O."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from .config import Mode, Settings
+from .errors import ConfigError, Refused
+from .hosts import Target, host_matches, is_loopback
+
+
+class Action(StrEnum):
+    INTERCEPT = "intercept"  # through the pipeline: recorded and replayed (TLS decrypted)
+    PASSTHROUGH = "passthrough"  # not recorded: a CONNECT is tunnelled blind, not decrypted
+
+
+def forward_action(target: Target, settings: Settings) -> Action:
+    """The action for a forward-proxied request to `target`, or `Refused` saying why."""
+    if not is_loopback(settings.host) and not settings.allow_hosts:
+        raise Refused(
+            f"rrproxy listens on {settings.host}, beyond loopback: it forwards only to the "
+            "hosts in allow_hosts, and none are set"
+        )
+    passthrough = host_matches(target.host, settings.passthrough_hosts)
+    if settings.allow_hosts and not (
+        passthrough or host_matches(target.host, settings.allow_hosts)
+    ):
+        raise Refused(f"{target.host} is not in allow_hosts ({', '.join(settings.allow_hosts)})")
+    if not passthrough:
+        return Action.INTERCEPT
+    if settings.mode is Mode.REPLAY:
+        raise Refused(
+            f"{target.host} is a pass-through host, and replay mode never contacts the network"
+        )
+    return Action.PASSTHROUGH
+
+
+def check_listen(settings: Settings) -> str | None:
+    """Refuse (`ConfigError`) to listen beyond loopback unless `allow_remote` is set; when it
+    is, the warning to log."""
+    if is_loopback(settings.host):
+        return None
+    if not settings.allow_remote:
+        raise ConfigError(
+            f"host = {settings.host!r} listens beyond loopback: anyone who can reach it can "
+            "use your upstream credentials and read your recordings; pass --allow-remote "
+            "(allow_remote = true) if you mean it, and set allow_hosts"
+        )
+    if not settings.allow_hosts:
+        return (
+            f"listening on {settings.host} (allow_remote); forward-proxy requests are "
+            "refused until allow_hosts lists the hosts they may reach"
+        )
+    return f"listening on {settings.host} (allow_remote): reachable from the network"
