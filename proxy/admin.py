@@ -51,8 +51,10 @@ async def cassettes(request: web.Request) -> web.Response:
 
 
 async def reset(request: web.Request) -> web.Response:
-    """Start a new replay run: every counter back to zero."""
+    """Start a new replay run: every counter back to zero, cassettes and bodies read again
+    from the store (which `rrproxy import`/`rm` may have changed meanwhile)."""
     request.app[SERVICES].index.reset()
+    request.app[SERVICES].bodies.clear()
     return web.json_response({"status": "reset", "cassette": request.app[RUN].cassette})
 
 
@@ -65,6 +67,7 @@ async def set_cassette(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     request.app[RUN].cassette = name
     request.app[SERVICES].index.reset()
+    request.app[SERVICES].bodies.clear()
     return web.json_response({"status": "ok", "cassette": name})
 
 

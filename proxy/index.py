@@ -69,9 +69,12 @@ class Index:
         return match_key(request, self.rules)
 
     def reset(self) -> None:
-        """Start a new run: every counter back to zero, cassettes reloaded on next use."""
+        """Start a new run: every counter back to zero, cassettes reloaded on next use. Only
+        recordings still being written are carried over: the store has the rest (or they
+        were deleted meanwhile)."""
         for cassette in self._cassettes.values():
             cassette.used.clear()
+            cassette.entries = [e for e in cassette.entries if not e.committed.is_set()]
             cassette.stale = True
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:

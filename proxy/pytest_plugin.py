@@ -40,6 +40,8 @@ from .config import Mode, Settings, load_settings
 from .matching import MatchRules
 
 DEFAULT_UPSTREAM = "https://api.openai.com"
+ANTHROPIC_ROUTE = "/anthropic"
+ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
 START_TIMEOUT_S = 60.0
 MARKER_OPTIONS = (
     "cassette",
@@ -183,7 +185,7 @@ class RRProxy:
 
     @property
     def anthropic_base_url(self) -> str:
-        return self.url
+        return self.url + ANTHROPIC_ROUTE
 
 
 class _Stores:
@@ -234,6 +236,8 @@ def _settings(item: pytest.Item, db: Path, directory: Path) -> tuple[Settings, M
         "cassette": name,
         "db": str(db),
         "cassette_dir": str(directory),
+        # one proxy for both SDKs: Anthropic's calls arrive under their own prefix
+        "routes": {ANTHROPIC_ROUTE: ANTHROPIC_UPSTREAM},
     }
     settings = load_settings(environ={}, flags=flags)
     rules = MatchRules(
@@ -260,7 +264,7 @@ def rrproxy(
     item.stash[_PROXY] = proxy
     try:
         monkeypatch.setenv("OPENAI_BASE_URL", proxy.url + "/v1")
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy.url)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy.url + ANTHROPIC_ROUTE)
         yield RRProxy(proxy.url, mode, name, directory / (name + SUFFIX), proxy.misses)
     finally:
         proxy.stop()

@@ -186,6 +186,7 @@ class Recorder:
                 raise
             except Exception as exc:
                 self.failures += 1
+                self._cassette_ids.clear()  # a cassette may have been deleted under us
                 batch.extend(self._pending)
                 self._pending = batch
                 if self._failing_since is None:

@@ -36,25 +36,36 @@ class Bodies:
         self._small = small
         self._cached: OrderedDict[int, Page] = OrderedDict()
         self._size = 0
-        self._preloaded: dict[str, asyncio.Lock] = {}
+        self._preloaded: dict[str, asyncio.Event] = {}
+
+    def clear(self) -> None:
+        """Forget every cached body (the store may have changed under this process)."""
+        self._cached.clear()
+        self._size = 0
+        self._preloaded.clear()
+
+    def small(self, body_size: int) -> bool:
+        return body_size <= self._small
 
     async def _preload(self, cassette: str) -> None:
-        """The first replay from a cassette reads all its small bodies in one query."""
-        lock = self._preloaded.get(cassette)
-        if lock is None:
-            lock = self._preloaded[cassette] = asyncio.Lock()
-            async with lock:
-                bodies = await queries.small_bodies(self._engine, cassette, self._small)
-                for interaction_id, events in bodies.items():
-                    self._keep(interaction_id, events, sum(len(d) for _, d in events))
-        else:
-            async with lock:
-                pass
+        """The first replay from a cassette reads all its small bodies in one query; the
+        replays that arrive meanwhile wait for it."""
+        ready = self._preloaded.get(cassette)
+        if ready is not None:
+            await ready.wait()
+            return
+        ready = self._preloaded[cassette] = asyncio.Event()
+        try:
+            bodies = await queries.small_bodies(self._engine, cassette, self._small)
+            for interaction_id, events in bodies.items():
+                self._keep(interaction_id, events, sum(len(d) for _, d in events))
+        finally:
+            ready.set()
 
     async def pages(
         self, cassette: str, interaction_id: int, body_size: int
     ) -> AsyncIterator[Page]:
-        if body_size <= self._small and cassette not in self._preloaded:
+        if body_size <= self._small:
             await self._preload(cassette)
         cached = self._cached.get(interaction_id)
         if cached is not None:
@@ -96,11 +107,15 @@ async def replay(
                 await asyncio.sleep(delay)
 
     head = entry.head
+    broken = entry.outcome is Outcome.UPSTREAM_BROKEN
+    recorded_length = get(head.headers, "content-length")
+    if pace.factor is None and not broken and recorded_length is not None:
+        if bodies.small(entry.body_size):  # one write, head and body (a small JSON answer)
+            return await _whole(request, cassette, entry, bodies)
+
     response = web.StreamResponse(status=head.status)
     for name, value in end_to_end(head.headers, drop=("content-length",)):
         response.headers.add(name, value)
-    broken = entry.outcome is Outcome.UPSTREAM_BROKEN
-    recorded_length = get(head.headers, "content-length")
     if recorded_length is not None:
         # complete: the true length; broken: the promise the upstream made and did not keep
         response.content_length = int(recorded_length) if broken else entry.body_size
@@ -125,3 +140,18 @@ async def replay(
     except ConnectionError:
         pass  # the client hung up: nothing to record, nothing to finish
     return response, sent
+
+
+async def _whole(
+    request: web.Request, cassette: str, entry: Entry, bodies: Bodies
+) -> tuple[web.StreamResponse, int]:
+    """A small, complete, length-delimited recording answered in one piece."""
+    assert entry.interaction_id is not None
+    events: Page = []
+    async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
+        events += page
+    response = web.Response(status=entry.head.status, body=b"".join(d for _, d in events))
+    for name, value in end_to_end(entry.head.headers, drop=("content-length",)):
+        response.headers.add(name, value)
+    response.headers["Rrproxy-Source"] = "replayed"
+    return response, len(events)

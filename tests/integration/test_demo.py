@@ -1,4 +1,4 @@
-"""The README's demo, run exactly as documented in docs/demo-snippet.md: `rrproxy serve` on
+"""The README's demo, run exactly as its "Try it" section documents it: `rrproxy serve` on
 the example cassette, then the `openai` SDK and `curl` stream "Hello, World!" through it
 with no API key and no network. The only change: a free port instead of 8080."""
 
@@ -24,7 +24,8 @@ from tests.conftest import EXAMPLE_JSONL, example_events
 from tests.proc import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SNIPPET = ROOT / "docs" / "demo-snippet.md"
+README = ROOT / "README.md"
+DEMO_SECTION = "## Try it: no API key, no network"
 EXAMPLE = ROOT / "examples" / "hello-world.cassette.jsonl"
 TIMEOUT_S = 30.0
 
@@ -42,8 +43,11 @@ class Demo:
 
 
 def blocks() -> list[tuple[str, str]]:
-    """The snippet's fenced code blocks: (language, text)."""
-    return re.findall(r"^```(\w+)\n(.*?)^```$", SNIPPET.read_text(), re.M | re.S)
+    """The fenced code blocks of the README's demo section: (language, text)."""
+    text = README.read_text()
+    section = text[text.index(DEMO_SECTION) :]
+    section = section[: section.index("\n## ", len(DEMO_SECTION))]
+    return re.findall(r"^```(\w+)\n(.*?)^```$", section, re.M | re.S)
 
 
 def rrproxy_command() -> list[str]:
