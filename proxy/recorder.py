@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
+_MAX_HOLD_S = 0.5
 
 
 @dataclass(eq=False)
@@ -89,6 +90,7 @@ class Recorder:
         self._closing = False
         self._cassette_ids: dict[str, int] = {}
         self._failing_since: float | None = None
+        self._stalled = False  # a write has taken longer than _MAX_HOLD_S
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
         self._progress = asyncio.Condition()
@@ -137,19 +139,31 @@ class Recorder:
     @property
     def backlogged(self) -> bool:
         """A healthy store is behind by more than `high_water`: the relay should wait."""
-        return self._pending.size > self._high_water and self._failing_since is None
+        return (
+            self._pending.size > self._high_water
+            and self._failing_since is None
+            and not self._stalled
+        )
 
     async def room(self) -> None:
-        """Wait until the writer has taken the backlog (or the store is failing: then never
-        hold a stream)."""
-        async with self._progress:
-            await self._progress.wait_for(
-                lambda: (
-                    self._pending.size <= self._high_water // 4
-                    or self._failing_since is not None
-                    or self._closing
+        """Wait until the writer has taken the backlog. A store that is failing, or whose
+        current write has not returned within `_MAX_HOLD_S` (locked, say: the driver waits
+        out its busy timeout before it fails), never holds a stream: until a write
+        succeeds, events queue (up to `max_pending_bytes`) instead."""
+        try:
+            async with self._progress, asyncio.timeout(_MAX_HOLD_S):
+                await self._progress.wait_for(
+                    lambda: (
+                        self._pending.size <= self._high_water // 4
+                        or self._failing_since is not None
+                        or self._stalled
+                        or self._closing
+                    )
                 )
-            )
+        except TimeoutError:
+            if not self._stalled:
+                self._stalled = True
+                log.warning("the store is slow to write; streams are no longer held for it")
 
     def _shed(self) -> None:
         """The store is failing and the backlog is too large: drop the queued events rather
@@ -212,6 +226,7 @@ class Recorder:
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
+            self._stalled = False
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since = None
