@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .records import Outcome, Request, ResponseHead
+from .store.engine import create_writer_thread_engine, is_sqlite
 from .store.models import Cassette, Event, Interaction
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
 _MAX_HOLD_S = 0.5
+_LINGER_S = 0.01
 
 
 @dataclass(eq=False)
@@ -83,6 +86,15 @@ class Recorder:
         max_pending_bytes: int = 64 * 2**20,
     ):
         self._engine = engine
+        # SQLite: writes run in a thread of their own on a synchronous twin of the engine
+        # (datasette's write thread): one hop per batch, not one per statement.
+        self._thread: ThreadPoolExecutor | None = None
+        self._thread_engine: Engine | None = None
+        if is_sqlite(engine.url.render_as_string(hide_password=False)):
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="rrproxy-writer")
+            self._thread_engine = create_writer_thread_engine(
+                engine.url.render_as_string(hide_password=False)
+            )
         self._high_water = high_water
         self._max_pending = max_pending_bytes
         self._pending = _Batch()
@@ -183,6 +195,13 @@ class Recorder:
     # -- the writer task --------------------------------------------------------------------
 
     async def run(self) -> None:
+        """The writer task: until `close()`, then everything pending is written."""
+        try:
+            await self._run()
+        finally:
+            await self._release_thread()
+
+    async def _run(self) -> None:
         backoff = 0.05
         while True:
             if not len(self._pending):
@@ -190,6 +209,10 @@ class Recorder:
                     return
                 await self._wakeup.wait()
                 self._wakeup.clear()
+                if not self._closing:
+                    # Let the relay that woke us run first: the first bytes of a stream go to
+                    # the client, not into a contest with the writer; and writes group.
+                    await asyncio.sleep(_LINGER_S)
                 continue
             batch, self._pending = self._pending, _Batch()
             async with self._progress:
@@ -256,56 +279,24 @@ class Recorder:
             self._progress.notify_all()
 
     async def _write(self, batch: _Batch) -> None:
-        """One transaction: new interactions (final already if they ended in this batch),
-        their events, then the ends of interactions begun earlier."""
-        ended_now = set(batch.ends)
-        cassettes: dict[str, int] = {}
-        new_ids: dict[Recording, int] = {}
-        async with self._engine.begin() as conn:
-            if batch.begins:
-                cassettes = await _cassette_ids(
-                    conn, {r.cassette for r in batch.begins}, self._cassette_ids
-                )
-                rows = [
-                    _interaction_row(cassettes[rec.cassette], rec, rec in ended_now)
-                    for rec in batch.begins
-                ]
-                result = await conn.execute(
-                    insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True),
-                    rows,
-                )
-                new_ids = dict(zip(batch.begins, result.scalars().all(), strict=True))
-            if batch.events:
-                await _insert_events(
-                    conn,
-                    [
-                        (rec.interaction_id or new_ids[rec], seq, t_ms, data)
-                        for rec, seq, t_ms, data in batch.events
-                    ],
-                )
-            late = [rec for rec in batch.ends if rec not in new_ids]
-            if late:
-                await conn.execute(
-                    update(Interaction)
-                    .where(Interaction.id == bindparam("b_id"))
-                    .values(
-                        outcome=bindparam("b_outcome"),
-                        error=bindparam("b_error"),
-                        duration_ms=bindparam("b_duration_ms"),
-                        event_count=bindparam("b_event_count"),
-                        body_size=bindparam("b_body_size"),
-                    ),
-                    [
-                        {
-                            "b_id": rec.interaction_id,
-                            **{f"b_{k}": v for k, v in _final(rec).items()},
-                        }
-                        for rec in late
-                    ],
-                )
+        known = dict(self._cassette_ids)
+        if self._thread is not None:
+            assert self._thread_engine is not None
+            cassettes, new_ids = await asyncio.get_running_loop().run_in_executor(
+                self._thread, _write_in_thread, self._thread_engine, batch, known
+            )
+        else:
+            async with self._engine.begin() as conn:
+                cassettes, new_ids = await conn.run_sync(_write_batch, batch, known)
         self._cassette_ids.update(cassettes)
         for rec, interaction_id in new_ids.items():
             rec.interaction_id = interaction_id
+
+    async def _release_thread(self) -> None:
+        if self._thread is not None and self._thread_engine is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._thread_engine.dispose)
+            self._thread.shutdown(wait=False)
 
     def _committed(self, batch: _Batch) -> None:
         for rec in batch.ends:
@@ -315,14 +306,66 @@ class Recorder:
                 listener(rec)
 
 
-async def _cassette_ids(
-    conn: AsyncConnection, names: set[str], known: dict[str, int]
-) -> dict[str, int]:
+def _write_in_thread(
+    engine: Engine, batch: _Batch, known: dict[str, int]
+) -> tuple[dict[str, int], dict[Recording, int]]:
+    with engine.begin() as conn:
+        return _write_batch(conn, batch, known)
+
+
+def _write_batch(
+    conn: Connection, batch: _Batch, known: dict[str, int]
+) -> tuple[dict[str, int], dict[Recording, int]]:
+    """One transaction: new interactions (final already if they ended in this batch), their
+    events, then the ends of interactions begun earlier. Returns the cassette ids it used
+    and the ids of the new interactions. Plain synchronous code: it runs in the writer
+    thread (SQLite) or through `AsyncConnection.run_sync` (other databases)."""
+    ended_now = set(batch.ends)
+    cassettes: dict[str, int] = {}
+    new_ids: dict[Recording, int] = {}
+    if batch.begins:
+        cassettes = _cassette_ids(conn, {r.cassette for r in batch.begins}, known)
+        rows = [
+            _interaction_row(cassettes[rec.cassette], rec, rec in ended_now) for rec in batch.begins
+        ]
+        result = conn.execute(
+            insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True), rows
+        )
+        new_ids = dict(zip(batch.begins, result.scalars().all(), strict=True))
+    if batch.events:
+        _insert_events(
+            conn,
+            [
+                (rec.interaction_id or new_ids[rec], seq, t_ms, data)
+                for rec, seq, t_ms, data in batch.events
+            ],
+        )
+    late = [rec for rec in batch.ends if rec not in new_ids]
+    if late:
+        conn.execute(
+            update(Interaction)
+            .where(Interaction.id == bindparam("b_id"))
+            .values(
+                outcome=bindparam("b_outcome"),
+                error=bindparam("b_error"),
+                duration_ms=bindparam("b_duration_ms"),
+                event_count=bindparam("b_event_count"),
+                body_size=bindparam("b_body_size"),
+            ),
+            [
+                {"b_id": rec.interaction_id, **{f"b_{k}": v for k, v in _final(rec).items()}}
+                for rec in late
+            ],
+        )
+    return cassettes, new_ids
+
+
+def _cassette_ids(conn: Connection, names: set[str], known: dict[str, int]) -> dict[str, int]:
     ids = {n: known[n] for n in names if n in known}
     for name in sorted(names - ids.keys()):
-        found = await conn.scalar(select(Cassette.id).where(Cassette.name == name))
+        found = conn.scalar(select(Cassette.id).where(Cassette.name == name))
         if found is None:
-            result = await conn.execute(
+            result = conn.execute(
                 insert(Cassette)
                 .values(name=name, created_at=datetime.now(UTC))
                 .returning(Cassette.id)
@@ -335,14 +378,14 @@ async def _cassette_ids(
 _SQLITE_INSERT_EVENTS = "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES (?, ?, ?, ?)"
 
 
-async def _insert_events(conn: AsyncConnection, rows: list[tuple[int, int, float, bytes]]) -> None:
+def _insert_events(conn: Connection, rows: list[tuple[int, int, float, bytes]]) -> None:
     """The hottest statement: on SQLite, the driver's own executemany (measured 1.7x the
     rows/s of Core's, which builds and processes a dict per row); elsewhere, Core."""
     if conn.dialect.name == "sqlite":
-        await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+        conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
     else:
         keys = ("interaction_id", "seq", "t_ms", "data")
-        await conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])
+        conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])
 
 
 def _final(rec: Recording) -> dict[str, Any]:
