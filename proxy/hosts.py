@@ -9,6 +9,7 @@ mode answers without DNS.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -156,6 +157,7 @@ def url_target(url: str) -> Target:
     return parse_absolute(url)[0]
 
 
+@functools.lru_cache(maxsize=1024)
 def _compressed(host: str) -> str:
     name = host.strip("[]").lower()
     ip = _ip(name.split("%", 1)[0])

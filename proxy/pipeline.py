@@ -61,8 +61,10 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     settings = services.settings
     ctl = control(request, settings, state)
     wanted = await upstream_request(request, settings)
+    if ctl.mode is Mode.PASSTHROUGH:  # nothing to match, record or protect
+        return await _forward(request, services, ctl, wanted, wanted, "", t0)
     stored = services.redactor.request(wanted)
-    key = services.index.key(stored) if ctl.mode is not Mode.PASSTHROUGH else ""
+    key = services.index.key(stored)
 
     entry: Entry | None = None
     if ctl.mode is Mode.REPLAY:

@@ -73,7 +73,7 @@ class Bodies:
             yield cached
             return
         if body_size > self._small:
-            async for page in queries.events(self._engine, interaction_id):
+            async for page in _read_ahead(queries.events(self._engine, interaction_id, 1024)):
                 yield page
             return
         events: Page = []
@@ -90,6 +90,29 @@ class Bodies:
         while self._size > self._max_bytes:
             _, dropped = self._cached.popitem(last=False)
             self._size -= sum(len(data) for _, data in dropped)
+
+
+async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
+    """Read the next pages while the current one is being sent (at most `depth` ahead)."""
+    queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=depth)
+
+    async def fill() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+
+    filler = asyncio.create_task(fill())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        filler.cancel()
+        await asyncio.gather(filler, return_exceptions=True)
 
 
 async def replay(

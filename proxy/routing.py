@@ -13,6 +13,8 @@ A URL aimed at rrproxy's own listening address is refused: it would loop.
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from .config import Settings
@@ -30,23 +32,35 @@ def upstream_url(request: web.BaseRequest, settings: Settings) -> str:
         if target is not None:
             url = target.origin + origin_form(request.raw_path)
         else:
-            url = routed_url(request.raw_path, settings)
+            upstream, url = _routed(request.raw_path, settings)
+            target = _configured_target(upstream)
     except ValueError as exc:
         raise BadRequest(f"bad request target: {exc}") from None
-    refuse_loop(request, settings, url_target(url), url)
+    refuse_loop(request, settings, target, url)
     return url
 
 
 def routed_url(raw_path: str, settings: Settings) -> str:
     """A relative request's upstream: the longest matching route, else `upstream`."""
+    return _routed(raw_path, settings)[1]
+
+
+def _routed(raw_path: str, settings: Settings) -> tuple[str, str]:
+    """(the configured upstream it goes to, the full URL)."""
     if not raw_path.startswith("/"):
         raise ValueError(f"{raw_path!r} is not a path")
     path = raw_path.split("?", 1)[0]
     for prefix, upstream in settings.routes:  # longest prefix first
         if path == prefix or path.startswith(prefix + "/"):
             rest = raw_path[len(prefix) :]
-            return upstream + (rest if rest.startswith("/") else "/" + rest)
-    return settings.upstream + raw_path
+            return upstream, upstream + (rest if rest.startswith("/") else "/" + rest)
+    return settings.upstream, settings.upstream + raw_path
+
+
+@functools.lru_cache(maxsize=64)
+def _configured_target(upstream: str) -> Target:
+    """A configured upstream's target, parsed once (it was validated at start)."""
+    return url_target(upstream)
 
 
 def refuse_loop(request: web.BaseRequest, settings: Settings, target: Target, what: str) -> None:
