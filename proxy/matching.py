@@ -71,7 +71,6 @@ class _Canonical:
 def match_key(request: Request, rules: MatchRules) -> str:
     """A stable hex sha256 of the request's canonical form under `rules`."""
     c = _canonical(request, rules)
-    body = c.body_text if c.is_json else hashlib.sha256(c.body_raw).hexdigest()
     parts = [
         c.method,
         c.upstream,
@@ -79,11 +78,12 @@ def match_key(request: Request, rules: MatchRules) -> str:
         [list(p) for p in c.query],
         [[name, list(values)] for name, values in c.headers],
         "json" if c.is_json else "raw",
-        body,
     ]
     # ensure_ascii=True: the digest input is plain ASCII, even with lone surrogates.
-    text = json.dumps(parts, ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    digest = hashlib.sha256(json.dumps(parts, ensure_ascii=True, separators=(",", ":")).encode())
+    digest.update(b"\n")  # then the body, hashed as it is (JSON: its canonical text)
+    digest.update(c.body_text.encode("utf-8", "surrogatepass") if c.is_json else c.body_raw)
+    return digest.hexdigest()
 
 
 def differences(wanted: Request, recorded: Request, rules: MatchRules) -> list[str]:
@@ -174,9 +174,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        try:
+            text = body.decode("utf-8-sig")  # as json.loads reads bytes
+        except UnicodeDecodeError:
+            return json.loads(body, parse_constant=_reject_constant)  # UTF-16/32 JSON
+        return _DECODER.decode(text)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         return _MISSING
 
