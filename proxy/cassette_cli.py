@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .cassette_dir import CassetteDir, atomic_write
 from .cassette_file import SUFFIX, file_name
 from .config import Settings, check_cassette_name
-from .errors import ConfigError
+from .errors import CassetteNotFound, ConfigError
 from .records import Event
 from .store import cassettes, migrate
-from .store.cassettes import CassetteInfo, CassetteNotFound, InteractionInfo
+from .store.cassettes import CassetteInfo, InteractionInfo
 from .store.engine import create_engine
 
 T = TypeVar("T")

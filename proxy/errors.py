@@ -53,6 +53,20 @@ class ReplayMiss(RrproxyError, LookupError):
     headers: ClassVar[dict[str, str]] = {"Rrproxy-Miss": "1"}
 
 
+class CassetteNotFound(RrproxyError, LookupError):
+    """No cassette of that name in the store."""
+
+    status = 404
+    error_type = "rrproxy_cassette_not_found"
+
+
+class CassetteExists(RrproxyError, FileExistsError):
+    """An import would overwrite a different cassette of that name (use --replace)."""
+
+    status = 409
+    error_type = "rrproxy_cassette_exists"
+
+
 class StoreError(RrproxyError, RuntimeError):
     """The store cannot be opened, migrated or written."""
 

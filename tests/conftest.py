@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,29 @@ def example_events() -> list[dict[str, Any]]:
 
 def sse_event(payload: dict[str, Any]) -> bytes:
     return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def stored(db_path: Path) -> list[tuple[str, str | None, int, bytes]]:
+    """(outcome, error, event count, body) of each stored interaction, in order, read
+    straight from the SQLite file."""
+    with closing(sqlite3.connect(db_path)) as db:
+        rows = db.execute(
+            "SELECT id, outcome, error, event_count FROM interactions ORDER BY id"
+        ).fetchall()
+        return [
+            (
+                outcome,
+                error,
+                count,
+                b"".join(
+                    data
+                    for (data,) in db.execute(
+                        "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
+                    )
+                ),
+            )
+            for id_, outcome, error, count in rows
+        ]
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .. import cassette_file
 from ..cassette_file import CassetteFileError, Header, Recorded
 from ..config import check_cassette_name
-from ..errors import RrproxyError
+from ..errors import CassetteExists, CassetteNotFound, RrproxyError
 from ..records import Event as EventRecord
 from ..records import Outcome, Request, ResponseHead
 from ..secrets_scan import Finding, scan_request, scan_response
@@ -36,16 +36,6 @@ _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
 class Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
-
-
-class CassetteNotFound(RrproxyError, LookupError):
-    status = 404
-    error_type = "rrproxy_cassette_not_found"
-
-
-class CassetteExists(RrproxyError, FileExistsError):
-    status = 409
-    error_type = "rrproxy_cassette_exists"
 
 
 class SecretsFound(RrproxyError, ValueError):

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, closing
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from proxy.store.engine import BUSY_TIMEOUT_S
-from tests.conftest import StartProxy, StartUpstream, example_events, sse_event
+from tests.conftest import StartProxy, StartUpstream, example_events, sse_event, stored
 from tests.proc import eventually
 
 CANNOT_WRITE = "cannot write to the store"
@@ -91,28 +90,6 @@ def disk() -> Iterator[list[int]]:
         yield limit
     finally:
         event.remove(Engine, "begin", pin)
-
-
-def stored(db_path: Path) -> list[tuple[str, str | None, int, bytes]]:
-    """(outcome, error, event count, body) of each stored interaction, in order."""
-    with closing(sqlite3.connect(db_path)) as db:
-        rows = db.execute(
-            "SELECT id, outcome, error, event_count FROM interactions ORDER BY id"
-        ).fetchall()
-        return [
-            (
-                outcome,
-                error,
-                count,
-                b"".join(
-                    data
-                    for (data,) in db.execute(
-                        "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
-                    )
-                ),
-            )
-            for id_, outcome, error, count in rows
-        ]
 
 
 def finished(db_path: Path, n: int) -> list[tuple[str, str | None, int, bytes]] | None:

@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StartProxy, StartUpstream
+from tests.conftest import StartProxy, StartUpstream, stored
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def stored(db_path: Path) -> list[tuple[str, str | None, int, bytes]]:
-    """(outcome, error, event count, body) of each stored interaction, in order."""
-    with sqlite3.connect(db_path) as db:
-        rows = db.execute(
-            "SELECT id, outcome, error, event_count FROM interactions ORDER BY id"
-        ).fetchall()
-        return [
-            (
-                outcome,
-                error,
-                count,
-                b"".join(
-                    data
-                    for (data,) in db.execute(
-                        "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
-                    )
-                ),
-            )
-            for id_, outcome, error, count in rows
-        ]
 
 
 async def test_upstream_refusing_answers_502_naming_it(start_proxy: StartProxy) -> None:
