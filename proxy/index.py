@@ -24,7 +24,7 @@ class Entry:
     """One recorded interaction as replay sees it."""
 
     request: Request
-    key: str
+    key: str | None  # None until needed (record mode does not match)
     head: ResponseHead
     outcome: Outcome
     interaction_id: int | None = None
@@ -46,6 +46,7 @@ class _Cassette:
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
+        assert entry.key is not None
         self.by_key[entry.key].append(entry)
 
 
@@ -67,6 +68,11 @@ class Index:
 
     def key(self, request: Request) -> str:
         return match_key(request, self.rules)
+
+    def _keyed(self, entry: Entry) -> Entry:
+        if entry.key is None:
+            entry.key = self.key(entry.request)
+        return entry
 
     def reset(self) -> None:
         """Start a new run: every counter back to zero, cassettes reloaded on next use. Only
@@ -115,7 +121,7 @@ class Index:
         merged.extend(in_flight)  # still recording, not yet (all) in the store
         fresh = _Cassette(used=previous.used if previous else defaultdict(int))
         for entry in merged:
-            fresh.add(entry)
+            fresh.add(self._keyed(entry))
         return fresh
 
     async def next_unused(self, cassette: str, key: str) -> Entry | None:
@@ -177,6 +183,7 @@ class Index:
             self._not_loaded[cassette] = [*pending, entry]
             return
         c = await self._cassette(cassette)
-        c.add(entry)
+        c.add(self._keyed(entry))
         if use:
+            assert entry.key is not None
             c.used[entry.key] += 1

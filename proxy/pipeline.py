@@ -64,16 +64,18 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     if ctl.mode is Mode.PASSTHROUGH:  # nothing to match, record or protect
         return await _forward(request, services, ctl, wanted, wanted, "", t0)
     stored = services.redactor.request(wanted)
-    key = services.index.key(stored)
-
+    # Record mode matches nothing: the key is computed later, if a replay ever needs it.
+    key: str | None = None
     entry: Entry | None = None
     if ctl.mode is Mode.REPLAY:
+        key = services.index.key(stored)
         found = await services.index.for_replay(ctl.cassette, key, stored, strict=settings.strict)
         if not isinstance(found, Entry):
             _log(ctl, stored, 404, "missed", 0, t0)
             raise ReplayMiss(found.message)
         entry = found
     elif ctl.mode is Mode.AUTO:
+        key = services.index.key(stored)
         entry = await services.index.next_unused(ctl.cassette, key)
 
     if entry is not None:
@@ -106,7 +108,7 @@ async def _forward(
     ctl: Control,
     wanted: Request,
     stored: Request,
-    key: str,
+    key: str | None,
     t0: float,
 ) -> web.StreamResponse:
     upstream = await send(services.upstream, wanted)
@@ -125,7 +127,7 @@ async def _start_recording(
     services: Services,
     ctl: Control,
     stored: Request,
-    key: str,
+    key: str | None,
     head: ResponseHead,
     upstream: aiohttp.ClientResponse,
     t0: float,
