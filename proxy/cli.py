@@ -102,16 +102,24 @@ def _configure_logging(verbose: bool) -> None:
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     from .app import create_app
 
-    log.info(
-        "rrproxy %s on http://%s:%d -> %s (mode %s, cassette %r, store %s)",
-        __version__,
-        settings.host,
-        settings.port,
-        settings.upstream,
-        settings.mode,
-        settings.cassette,
-        settings.db,
-    )
+    def listening(_aiohttp_banner: str) -> None:  # called once the port is bound
+        base = f"http://{settings.host}:{settings.port}"
+        log.info(
+            "rrproxy %s on %s -> %s (mode %s, cassette %r, store %s)",
+            __version__,
+            base,
+            settings.upstream,
+            settings.mode,
+            settings.cassette,
+            settings.db,
+        )
+        log.info(
+            "point an app at it: OPENAI_BASE_URL=%s/v1, ANTHROPIC_BASE_URL=%s (with "
+            '--upstream https://api.anthropic.com), or eval "$(rrproxy env)" for any host',
+            base,
+            base,
+        )
+
     try:
         web.run_app(
             create_app(settings),
@@ -119,14 +127,14 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
             port=settings.port,
             shutdown_timeout=settings.shutdown_timeout,
             access_log=None,  # our own line per interaction; it never shows a query's secrets
-            print=None,
+            print=listening,
         )
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
             "choose another --port"
         ) from exc
-    log.info("rrproxy stopped; every recorded event is in the store")
+    log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
     return 0
 
 

@@ -51,8 +51,12 @@ def _upgrade(connection: Connection) -> None:
     config = alembic_config(connection)
     script = ScriptDirectory.from_config(config)
     current = _check_known(connection, script)
-    if current != script.get_current_head():
-        log.info("migrating the store from %s to %s", current, script.get_current_head())
+    head = script.get_current_head()
+    if current is None:
+        log.info("creating the store (schema revision %s)", head)
+    elif current != head:
+        log.info("migrating the store from schema revision %s to %s", current, head)
+    if current != head:
         command.upgrade(config, "head")
 
 
