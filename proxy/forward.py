@@ -89,10 +89,17 @@ async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.Clie
             f"cannot connect to upstream {upstream}: {exc.os_error.strerror or exc}; "
             "is it running, and is --upstream right?"
         ) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise UpstreamError(
+            f"cannot connect to upstream {upstream}: no connection within the connect "
+            "timeout (timeouts.connect)"
+        ) from exc
     except TimeoutError as exc:  # aiohttp.ServerTimeoutError is one too
-        raise UpstreamTimeout(f"upstream {upstream} did not answer in time ({exc})") from exc
+        raise UpstreamTimeout(
+            f"upstream {upstream} did not answer in time (timeouts.read): {describe(exc)}"
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"upstream {upstream} failed: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamError(f"upstream {upstream} failed: {describe(exc)}") from exc
     # aiohttp's C parser refuses differing Content-Lengths; its pure-Python one keeps the
     # first. A proxy must answer 502 to such a response (RFC 9110 §8.6, RFC 9112 §6.3).
     lengths = set(response.headers.getall("Content-Length", ()))
@@ -103,6 +110,16 @@ async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.Clie
             f"({', '.join(sorted(lengths))}): the response's framing is ambiguous"
         )
     return response
+
+
+def describe(exc: BaseException) -> str:
+    """An aiohttp error in words, without the request's URL (whose query may hold a key):
+    these messages are logged, answered and stored."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: {exc.status}, {exc.message}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"{type(exc).__name__}: the URL is not valid"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def response_head(upstream: aiohttp.ClientResponse) -> ResponseHead:
@@ -179,7 +196,7 @@ async def relay(
                     outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
     except (aiohttp.ClientError, TimeoutError) as exc:
         outcome = Outcome.UPSTREAM_BROKEN
-        error = f"upstream broke the stream: {type(exc).__name__}: {exc}"
+        error = f"upstream broke the stream: {describe(exc)}"
     except asyncio.CancelledError:
         if tee is not None:
             tee.end(Outcome.INCOMPLETE, "the proxy stopped before the response ended")

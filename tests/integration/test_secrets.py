@@ -3,6 +3,7 @@ upstream still receives them and a cassette recorded with one key replays for an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from pathlib import Path
@@ -119,3 +120,32 @@ async def test_no_byte_of_the_store_holds_a_secret(
     # rrproxy's own log lines do not show them either
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("proxy")]
     assert ours and not [m for m in ours if canary in m]
+
+
+async def test_a_malformed_upstream_answer_does_not_leak_the_query_key(
+    start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's error for a bad response head quotes the request URL; the 502 body and the
+    log say what went wrong without it."""
+
+    async def malformed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nBad Header Without Colon\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    canary = "sk-canary-" + secrets.token_hex(8)
+    try:
+        proxy = await start_proxy(f"http://127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as client:
+            async with client.post(proxy.make_url(f"/v1/x?key={canary}"), data=b"{}") as resp:
+                assert resp.status == 502
+                body = await resp.text()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "rrproxy_upstream_error" in body
+    assert canary not in body
+    assert canary not in caplog.text
