@@ -113,7 +113,7 @@ async def _store(settings: Settings) -> AsyncIterator[_Store]:
         await migrate.upgrade(writer)
         sync = None
         if settings.cassette_dir is not None:
-            sync = CassetteDir(Path(settings.cassette_dir), writer, reader)
+            sync = CassetteDir(Path(settings.cassette_dir), writer, reader, settings.redact)
             await sync.load()
         yield _Store(writer, reader, sync)
     finally:
@@ -315,8 +315,12 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"{path} is not a file")
 
     async def work(store: _Store) -> cassettes.Imported:
+        if store.dir is not None:  # the file the directory would get: check it first
+            found = await asyncio.to_thread(cassettes.find_secrets, path, redactor=settings.redact)
+            if found:
+                raise cassettes.SecretsFound(args.as_name or path.name, found)
         result = await cassettes.import_file(
-            store.writer, path, name=args.as_name, replace=args.replace
+            store.writer, path, name=args.as_name, replace=args.replace, redactor=settings.redact
         )
         if store.dir is not None and result.status is not cassettes.ImportStatus.UNCHANGED:
             await store.dir.write(result.name)

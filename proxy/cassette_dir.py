@@ -30,13 +30,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .cassette_file import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
 from .config import check_cassette_name
+from .errors import RrproxyError
 from .recorder import Recording
+from .redact import Redactor
 from .state import SERVICES, SETTINGS
 from .store import cassettes
 from .store.cassettes import Imported, SecretsFound
 from .store.engine import create_engine
 
 log = logging.getLogger(__name__)
+
+
+class FileChanged(RrproxyError, FileExistsError):
+    """A cassette file was changed by someone else: it is not overwritten."""
 
 
 @dataclass
@@ -84,10 +90,17 @@ def _file_sha256(path: Path) -> str:
 
 
 class CassetteDir:
-    def __init__(self, path: Path, writer: AsyncEngine, reader: AsyncEngine):
+    def __init__(
+        self,
+        path: Path,
+        writer: AsyncEngine,
+        reader: AsyncEngine,
+        redactor: Redactor | None = None,
+    ):
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._redactor = redactor or Redactor()
         self._dirty: set[str] = set()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -136,7 +149,7 @@ class CassetteDir:
             await cassettes.set_file_hash(conn, name, sha)
 
         imported = await cassettes.import_file(
-            self._writer, path, name=name, replace=True, then=remember
+            self._writer, path, name=name, replace=True, then=remember, redactor=self._redactor
         )
         if imported.status is cassettes.ImportStatus.UNCHANGED:
             report.unchanged.append(name)
@@ -181,7 +194,7 @@ class CassetteDir:
             self._dirty.discard(name)
             try:
                 await self.write(name)
-            except SecretsFound as exc:
+            except (SecretsFound, FileChanged) as exc:
                 log.error("cassette file %s not written: %s", self.file(name), exc)
             except Exception as exc:
                 log.error(
@@ -193,8 +206,18 @@ class CassetteDir:
                 )
 
     async def write(self, name: str) -> None:
-        """Write the cassette's file from the store (finished interactions only)."""
+        """Write the cassette's file from the store (finished interactions only), unless
+        someone changed the file since this store last loaded or wrote it (a `git pull`,
+        an edit): that would be lost."""
         path = self.file(name)
+        if path.exists():
+            async with self._reader.connect() as conn:
+                known = (await cassettes.file_hashes(conn)).get(name)
+            if known != await asyncio.to_thread(_file_sha256, path):
+                raise FileChanged(
+                    "it changed on disk since rrproxy loaded it; restart rrproxy to load "
+                    "it (the new recordings stay in the store), or delete it to write it anew"
+                )
         with atomic_write(path) as f:
             out = _Hashing(f)
             await cassettes.export(self._reader, name, out, finished_only=True)
@@ -218,13 +241,16 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     writer = create_engine(settings.db_url, writer=True)
     try:
-        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader)
+        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
         await sync.load()
         services.recorder.listeners.append(sync.recorded)
         task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
         try:
             yield
         finally:
+            # Streams still being recorded finish first (this context closes before the
+            # store's), so that their files are written too.
+            await services.settle(settings.shutdown_timeout)
             try:
                 await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
             except TimeoutError:

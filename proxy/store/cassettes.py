@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +27,7 @@ from ..config import check_cassette_name
 from ..errors import CassetteExists, CassetteNotFound, RrproxyError
 from ..records import Event as EventRecord
 from ..records import Outcome, Request, ResponseHead
+from ..redact import Redactor
 from ..secrets_scan import Finding, scan_request, scan_response
 from .models import Cassette, CassetteFile, Event, Interaction
 
@@ -309,8 +310,11 @@ async def import_file(
     replace: bool = False,
     max_bytes: int = cassette_file.MAX_FILE_BYTES,
     then: Callable[[AsyncConnection, Imported], Awaitable[None]] | None = None,
+    redactor: Redactor | None = None,
 ) -> Imported:
-    """Import a cassette file in one transaction, all or nothing.
+    """Import a cassette file in one transaction, all or nothing. Secrets are redacted as
+    they are when recording (`redactor`; the built-in lists by default): a hand-written
+    file's key never reaches the store.
 
     The same content again changes nothing; other content under an existing name needs
     `replace` (the cassette keeps its identity; its interactions are swapped). `then` runs
@@ -343,7 +347,7 @@ async def import_file(
                 continue
             for line in cassette_file.interaction_lines(item):
                 h.update(line)
-            await _insert(conn, cassette_id, item)
+            await _insert(conn, cassette_id, _redacted(item, redactor or Redactor()))
             count += 1
             n_events += len(item.events)
         if h.hexdigest() != sha:
@@ -371,6 +375,32 @@ async def _new_cassette(conn: AsyncConnection, name: str) -> int:
         insert(Cassette).values(name=name, created_at=datetime.now(UTC)).returning(Cassette.id)
     )
     return int(result.scalar_one())
+
+
+def _redacted(rec: Recorded, redactor: Redactor) -> Recorded:
+    return replace(
+        rec,
+        request=redactor.request(rec.request),
+        response=ResponseHead(rec.response.status, redactor.redact_headers(rec.response.headers)),
+    )
+
+
+def find_secrets(
+    path: Path, *, redactor: Redactor | None = None, max_bytes: int = cassette_file.MAX_FILE_BYTES
+) -> list[tuple[int, Finding]]:
+    """Key-like strings a file would still hold once imported (blocking), by line."""
+    redactor = redactor or Redactor()
+    findings: list[tuple[int, Finding]] = []
+    line = 1
+    for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
+        if isinstance(item, Header):
+            continue
+        line += 1
+        rec = _redacted(item, redactor)
+        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        findings.extend((line + (f.event or 0), f) for f in found)
+        line += len(item.events)
+    return findings
 
 
 async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:

@@ -3,6 +3,7 @@ rewritten when a recording finishes, a corrupt one reported and skipped."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from contextlib import closing
@@ -190,3 +191,52 @@ async def test_the_cassette_commands_see_the_directory(
     removed = run_cli("rm", "mine", *db, cwd=tmp_path)
     assert removed.returncode == 0, removed.stderr
     assert sorted(p.name for p in cassettes.iterdir()) == ["theirs.cassette.jsonl"]
+
+
+async def test_a_file_changed_on_disk_is_not_overwritten_by_a_new_recording(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cassettes = tmp_path / "cassettes"
+    upstream = await start_upstream(counting_upstream())
+    proxy = await start_proxy(upstream, mode="auto", cassette="team", cassette_dir=str(cassettes))
+    file = cassettes / "team.cassette.jsonl"
+    await ask(proxy.make_url("/v1/stream"), "one")
+    await eventually(lambda: file.exists())
+    pulled = file.read_bytes().replace(b"answer 1 part 1", b"a teammate's recording")
+    file.write_bytes(pulled)  # a git pull while rrproxy runs
+    await ask(proxy.make_url("/v1/stream"), "two")
+    await eventually(lambda: "changed on disk" in caplog.text)
+    await proxy.close()
+    assert file.read_bytes() == pulled
+
+
+async def test_a_stream_still_running_at_shutdown_gets_into_its_file(
+    start_upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        started.set()
+        await asyncio.sleep(0.5)
+        await response.write(b"data: 2\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/stream", slow)
+    upstream = await start_upstream(app)
+    cassettes = tmp_path / "cassettes"
+    proxy = await start_proxy(upstream, mode="record", cassette="late", cassette_dir=str(cassettes))
+    async with aiohttp.ClientSession() as client:
+        resp = await client.post(proxy.make_url("/v1/stream"), json={"q": 1})
+        await asyncio.wait_for(started.wait(), timeout=10)
+        resp.close()  # the client leaves; the stream is still being recorded
+    await proxy.close()  # shuts down while the stream runs
+    _, recs = cassette_file.loads((cassettes / "late.cassette.jsonl").read_bytes())
+    assert [b"".join(e.data for e in r.events) for r in recs] == [b"data: 1\n\ndata: 2\n\n"]

@@ -282,3 +282,47 @@ async def test_ls_show_and_rm(
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)
     code, _, err = cli("show", "alpha", cwd=tmp_path, db=db_path)
     assert code == 1 and "no cassette named 'alpha'" in err
+
+
+async def test_import_redacts_credentials_and_a_directory_import_refuses_keys_first(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    await record(start_upstream, start_proxy, b'{"q": "clean"}')
+    code, _, err = cli(
+        "export", "c1", "-o", str(tmp_path / "c1.cassette.jsonl"), cwd=tmp_path, db=db_path
+    )
+    assert code == 0, err
+    # A hand-edited file carrying live credentials in headers and the query:
+    text = (tmp_path / "c1.cassette.jsonl").read_text()
+    text = text.replace("/v1/stream", f"/v1/stream?key={KEY}", 1).replace(
+        '["X-Request-Id", "req_1"]', f'["X-Request-Id", "req_1"], ["Set-Cookie", "s={KEY}"]', 1
+    )
+    text = text.replace('"headers": [', f'"headers": [["Authorization", "Bearer {KEY}"], ', 1)
+    planted = tmp_path / "planted.cassette.jsonl"
+    planted.write_text(text)
+    other_db = tmp_path / "other.db"
+    code, _, err = cli("import", str(planted), "--as", "planted", cwd=tmp_path, db=other_db)
+    assert code == 0, err
+    assert KEY.encode() not in other_db.read_bytes()
+    wal = other_db.with_name(other_db.name + "-wal")
+    assert not wal.exists() or KEY.encode() not in wal.read_bytes()
+
+    # Into a cassette directory, a file whose body holds a key is refused before the store
+    # changes (the directory would get that file).
+    body_key = text.replace('"body": "{\\"q\\": \\"clean\\"}"', f'"body": "my key {KEY}"', 1)
+    assert body_key != text
+    planted.write_text(body_key)
+    before = table_rows(other_db)
+    code, _, err = cli(
+        "import",
+        str(planted),
+        "--as",
+        "leak",
+        "--cassette-dir",
+        str(tmp_path / "dir"),
+        cwd=tmp_path,
+        db=other_db,
+    )
+    assert code == 1 and "key-like" in err
+    assert table_rows(other_db)[: len(before)] == before
+    assert not (tmp_path / "dir" / "leak.cassette.jsonl").exists()
