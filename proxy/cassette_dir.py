@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .cassette_file import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
 from .config import check_cassette_name
-from .errors import RrproxyError
+from .errors import ConfigError, RrproxyError
 from .recorder import Recording
 from .redact import Redactor
 from .state import SERVICES, SETTINGS
@@ -114,7 +114,13 @@ class CassetteDir:
     async def load(self) -> LoadReport:
         """Import each changed file; drop cassettes whose file is gone."""
         report = LoadReport()
-        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cassette_dir = {str(self.path)!r}: cannot use it as a directory "
+                f"({exc.strerror or exc})"
+            ) from None
         async with self._writer.connect() as conn:
             known = await cassettes.file_hashes(conn)
         present: set[str] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -130,9 +131,11 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
             print=listening,
         )
     except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
         raise ConfigError(
             f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
-            "choose another --port"
+            "choose another --port or --host"
         ) from exc
     log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
     return 0

@@ -154,16 +154,28 @@ class Index:
                     f"and all were used in this run (strict replay); record it again, or "
                     f"POST /_rrproxy/reset to start a new run"
                 )
-        return self._miss(cassette, request, c)
+        return await self._miss(cassette, request, c)
 
-    def _miss(self, cassette: str, request: Request, c: _Cassette) -> Miss:
+    async def _miss(self, cassette: str, request: Request, c: _Cassette) -> Miss:
         where = f"{request.method} {request.url}"
         recorded = [e for e in c.entries if e.available]
         found = closest(request, [e.request for e in recorded], self.rules)
         if found is None:
+            summaries = {s.name: s for s in await queries.cassette_summaries(self._engine)}
+            there = summaries.get(cassette)
+            if there is None:
+                names = ", ".join(sorted(summaries)) or "none yet"
+                why = f"there is no cassette named {cassette!r} in the store (cassettes: {names})"
+            elif there.incomplete:
+                why = (
+                    f"cassette {cassette!r} holds only incomplete recordings "
+                    f"({there.incomplete}), which are never replayed"
+                )
+            else:
+                why = f"cassette {cassette!r} is empty"
             return Miss(
-                f"no recording in cassette {cassette!r} for {where}: the cassette is empty. "
-                "Record it first (mode record or auto), or choose another cassette."
+                f"no recording for {where}: {why}. Record it first (mode record or auto), "
+                "or choose another cassette."
             )
         i, diffs = found
         near = recorded[i].request

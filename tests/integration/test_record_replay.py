@@ -280,3 +280,25 @@ async def test_every_method_path_and_query_is_forwarded(
         async with client.request(method, raw, data=b"payload") as resp:
             got = await resp.json()
     assert got == {"method": method, "path_qs": "/a/b%20c?x=1&x=2&y=%2F", "body": "payload"}
+
+
+async def test_a_miss_on_a_misspelt_cassette_names_the_ones_there_are(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    app, _ = counting_upstream()
+    upstream = await start_upstream(app)
+    proxy = await start_proxy(upstream, cassette="checkout-flow")
+    async with aiohttp.ClientSession() as client:
+        await post(client, proxy.make_url("/v1/plain"), json={"q": 1})
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")):  # flushes the recorder
+            pass
+        status, _, body = await post(
+            client,
+            proxy.make_url("/v1/plain"),
+            json={"q": 1},
+            headers={"Rrproxy-Mode": "replay", "Rrproxy-Cassette": "chekout-flow"},
+        )
+    assert status == 404
+    message = json.loads(body)["error"]["message"]
+    assert "no cassette named 'chekout-flow'" in message
+    assert "cassettes: checkout-flow" in message
