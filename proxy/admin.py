@@ -10,7 +10,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import check_cassette_name
-from .errors import BadRequest
+from .errors import BadRequest, StoreError
 from .state import RUN, SERVICES, SETTINGS
 from .store import queries
 
@@ -32,7 +32,13 @@ async def health(request: web.Request) -> web.Response:
 
 async def cassettes(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    await asyncio.wait_for(services.recorder.flush(), timeout=5)  # list what was recorded
+    try:  # list what was recorded, up to now
+        await asyncio.wait_for(services.recorder.flush(), timeout=5)
+    except TimeoutError:
+        raise StoreError(
+            "the store has not taken the latest recordings within 5 s (locked, or full?); "
+            "see rrproxy's log"
+        ) from None
     summaries = await queries.cassette_summaries(services.reader)
     return web.json_response(
         {

@@ -181,6 +181,8 @@ def _upstream(v: Any) -> str:
         raise ValueError("must be an http:// or https:// URL such as https://api.openai.com")
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry user information (send credentials as headers)")
     return url
 
 

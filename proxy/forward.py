@@ -26,6 +26,9 @@ from .sse import Framer
 
 log = logging.getLogger(__name__)
 
+MAX_EVENT_BYTES = 32 * 2**20
+"""An event still open past this size is stored in parts (the body stays byte-exact)."""
+
 # Headers aiohttp would otherwise invent: the upstream sees what the client sent.
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -141,6 +144,8 @@ class Tee:
 
     def feed(self, chunk: bytes) -> None:
         events = self.framer.feed(chunk)
+        if self.framer.buffered > MAX_EVENT_BYTES:  # an event without end: keep memory flat
+            events.append(self.framer.spill())
         if events:
             t = self._ms()
             for data in events:
@@ -203,17 +208,19 @@ async def relay(
         raise
     finally:
         upstream.release()
-    if tee is not None:
-        tee.end(outcome, error)
-        events = tee.recording.events
-    if outcome is Outcome.UPSTREAM_BROKEN:
-        log.warning("%s %s: %s", request.method, request.path, error)
-        break_connection(request)
-    elif outcome is Outcome.COMPLETE:
-        try:
-            await response.write_eof()
-        except ConnectionError:
-            outcome = Outcome.CLIENT_GONE
+    try:
+        if outcome is Outcome.UPSTREAM_BROKEN:
+            log.warning("%s %s: %s", request.method, request.path, error)
+            break_connection(request)
+        elif outcome is Outcome.COMPLETE:
+            try:
+                await response.write_eof()
+            except ConnectionError:
+                outcome = Outcome.CLIENT_GONE
+    finally:  # the outcome as the client saw it, in the store as in the log
+        if tee is not None:
+            tee.end(outcome, error)
+            events = tee.recording.events
     return Relayed(response, outcome, events, error)
 
 

@@ -29,6 +29,9 @@ from .state import RunState, Services
 
 log = logging.getLogger(__name__)
 
+COMMIT_WAIT_S = 10.0
+"""How long a replay waits for a recording of this run to reach the store."""
+
 
 @dataclass(frozen=True)
 class Control:
@@ -81,7 +84,17 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     if entry is not None:
         # A recording of this very run is replayable once its last batch is in the store,
         # unless its events had to be dropped meanwhile (the store was failing).
-        await entry.committed.wait()
+        try:
+            await asyncio.wait_for(entry.committed.wait(), COMMIT_WAIT_S)
+        except TimeoutError:
+            if ctl.mode is Mode.REPLAY:
+                raise ReplayMiss(
+                    f"the recording of {request.method} {stored.url} in cassette "
+                    f"{ctl.cassette!r} is still being written to the store, which is slow or "
+                    "failing (see rrproxy's log); try again"
+                ) from None
+            entry = None  # auto: record it again
+    if entry is not None:
         if not entry.available:
             if ctl.mode is Mode.REPLAY:
                 _log(ctl, stored, 404, "missed (recording incomplete)", 0, t0)
@@ -115,7 +128,11 @@ async def _forward(
     head = response_head(upstream)
     tee = None
     if ctl.mode is not Mode.PASSTHROUGH:
-        tee = await _start_recording(services, ctl, stored, key, head, upstream, t0)
+        try:
+            tee = await _start_recording(services, ctl, stored, key, head, upstream, t0)
+        except BaseException:
+            upstream.close()
+            raise
     source = "passthrough" if tee is None else "recorded"
     relayed = await relay(request, upstream, head, source, tee)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"

@@ -118,8 +118,8 @@ async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterat
 async def replay(
     request: web.Request, cassette: str, entry: Entry, bodies: Bodies, pace: Pace, t0: float
 ) -> tuple[web.StreamResponse, int]:
-    """Serve `entry`; returns the response and the number of events sent."""
-    await entry.committed.wait()  # a recording of this very run: wait for its last batch
+    """Serve `entry` (in the store: `entry.committed` is set); returns the response and the
+    number of events sent."""
     assert entry.interaction_id is not None
     loop = asyncio.get_running_loop()
 
@@ -130,6 +130,8 @@ async def replay(
                 await asyncio.sleep(delay)
 
     head = entry.head
+    if request.method == "HEAD" or head.status in (204, 304) or head.status < 200:
+        return await _bodiless(request, entry), 0
     broken = entry.outcome is Outcome.UPSTREAM_BROKEN
     recorded_length = get(head.headers, "content-length")
     if pace.factor is None and not broken and recorded_length is not None:
@@ -163,6 +165,18 @@ async def replay(
     except ConnectionError:
         pass  # the client hung up: nothing to record, nothing to finish
     return response, sent
+
+
+async def _bodiless(request: web.Request, entry: Entry) -> web.StreamResponse:
+    """A response without a body (to HEAD; 204, 304): its Content-Length, if any, is the
+    recorded one (what a GET would have had)."""
+    response = web.StreamResponse(status=entry.head.status)
+    for name, value in end_to_end(entry.head.headers):
+        response.headers.add(name, value)
+    response.headers["Rrproxy-Source"] = "replayed"
+    await response.prepare(request)
+    await response.write_eof()
+    return response
 
 
 async def _whole(

@@ -42,18 +42,41 @@ class Framer(Protocol):
         """Return what is left at the end of the body (an unterminated event), if anything."""
         ...
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the event in progress."""
+        ...
+
+    def spill(self) -> bytes:
+        """Give up the event in progress as it is so far (it goes on as another event): for
+        a stream that never ends its events, memory must not grow with it."""
+        ...
+
 
 class _Buffered:
     """The bytes of the event in progress, kept as pieces and joined once, when it completes."""
 
     def __init__(self) -> None:
         self._pieces: list[bytes] = []
+        self._size = 0
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def _keep(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._size += len(piece)
 
     def _take(self, tail: bytes) -> bytes:
         """Return the event in progress ending with ``tail``, and start a new one."""
         event = b"".join([*self._pieces, tail])
         self._pieces = []
+        self._size = 0
         return event
+
+    def spill(self) -> bytes:
+        return self._take(b"")
 
     def close(self) -> list[bytes]:
         rest = self._take(b"")
@@ -117,7 +140,7 @@ class SSEFramer(_Buffered):
         if line_start < len(chunk):
             self._line_empty = False
         if start < len(chunk):
-            self._pieces.append(chunk[start:])
+            self._keep(chunk[start:])
         return events
 
     def _scan_lf(self, chunk: bytes, pos: int) -> list[bytes]:
@@ -141,7 +164,7 @@ class SSEFramer(_Buffered):
         if pos < len(chunk):
             self._line_empty = chunk.endswith(b"\n")
         if start < len(chunk):
-            self._pieces.append(chunk[start:])
+            self._keep(chunk[start:])
         return events
 
 
@@ -157,18 +180,23 @@ class LineFramer(_Buffered):
             start = end + 1
             end = chunk.find(b"\n", start)
         if start < len(chunk):
-            self._pieces.append(chunk[start:])
+            self._keep(chunk[start:])
         return events
 
 
 class ChunkFramer:
     """One event per chunk, as it arrived; empty chunks are dropped."""
 
+    buffered = 0
+
     def feed(self, chunk: bytes) -> list[bytes]:
         return [chunk] if chunk else []
 
     def close(self) -> list[bytes]:
         return []
+
+    def spill(self) -> bytes:
+        return b""
 
 
 def framer_for(content_type: str | None) -> Framer:

@@ -302,3 +302,23 @@ async def test_a_miss_on_a_misspelt_cassette_names_the_ones_there_are(
     message = json.loads(body)["error"]["message"]
     assert "no cassette named 'chekout-flow'" in message
     assert "cassettes: checkout-flow" in message
+
+
+async def test_head_replays_with_the_recorded_content_length(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    async def thing(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 1234, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/thing", thing)
+    upstream = await start_upstream(app)
+    proxy = await start_proxy(upstream)
+    seen = []
+    async with aiohttp.ClientSession() as client:
+        for mode in ("record", "replay"):
+            async with client.head(
+                proxy.make_url("/v1/thing"), headers={"Rrproxy-Mode": mode}
+            ) as resp:
+                seen.append((resp.status, resp.headers.get("Content-Length"), await resp.read()))
+    assert seen == [(200, "1234", b""), (200, "1234", b"")]

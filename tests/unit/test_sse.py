@@ -11,7 +11,7 @@ import pytest
 
 from proxy.sse import ChunkFramer, Framer, LineFramer, SSEFramer, framer_for
 
-EXAMPLE = Path("/work/shared/examples/openai-responses-hello-world.jsonl")
+EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "openai-responses-hello-world.jsonl"
 BOM = b"\xef\xbb\xbf"
 MIB = 1 << 20
 SMALL = 256  # bodies up to this size are also split at every byte boundary
@@ -250,3 +250,13 @@ def test_sse_framer_reusable_after_close() -> None:
     assert framer.feed(BOM[:1]) == []
     assert framer.close() == [BOM[:1]]
     assert frame(framer, [BOM + b"\n", b"data: a\n\r"]) == [BOM + b"\n", b"data: a\n\r"]
+
+
+@pytest.mark.parametrize("framer", [SSEFramer(), LineFramer()], ids=["sse", "ndjson"])
+def test_spill_gives_up_the_open_event_and_the_body_stays_whole(framer: Framer) -> None:
+    body = b"data: no end in sight " * 10
+    assert framer.feed(body) == []
+    assert framer.buffered == len(body)
+    assert framer.spill() == body
+    assert framer.buffered == 0
+    assert framer.feed(b"...\n\n") + framer.close() in ([b"...\n\n"], [b"...\n", b"\n"])
