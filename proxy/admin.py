@@ -12,7 +12,7 @@ from . import __version__
 from .config import check_cassette_name
 from .errors import BadRequest, StoreError
 from .state import RUN, SERVICES, SETTINGS
-from .store import queries
+from .store import cassettes as store_cassettes
 
 PREFIX = "/_rrproxy"
 
@@ -39,7 +39,7 @@ async def cassettes(request: web.Request) -> web.Response:
             "the store has not taken the latest recordings within 5 s (locked, or full?); "
             "see rrproxy's log"
         ) from None
-    summaries = await queries.cassette_summaries(services.reader)
+    summaries = await store_cassettes.summaries(services.reader)
     return web.json_response(
         {
             "cassettes": [
@@ -47,6 +47,7 @@ async def cassettes(request: web.Request) -> web.Response:
                     "name": s.name,
                     "interactions": s.interactions,
                     "events": s.events,
+                    "size": s.size,
                     "incomplete": s.incomplete,
                     "last_recorded": s.last_recorded.isoformat() if s.last_recorded else None,
                 }

@@ -80,7 +80,7 @@ class Recorded:
     @property
     def complete(self) -> bool:
         """The whole response is here (a client that hung up did not stop the recording)."""
-        return self.outcome in (Outcome.COMPLETE, Outcome.CLIENT_GONE)
+        return self.outcome.complete
 
 
 @dataclass(frozen=True)
@@ -403,7 +403,7 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
     if outcome is None:
         raise f.fail("outcome", f"must be one of {', '.join(_OUTCOMES)}")
     complete = f.get("complete", bool)
-    if complete != (outcome in (Outcome.COMPLETE, Outcome.CLIENT_GONE)):
+    if complete != outcome.complete:
         raise f.fail("complete", f"must be {str(not complete).lower()} for outcome {outcome_text}")
     try:
         recorded_at = datetime.fromisoformat(f.get("recorded_at", str))

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .matching import MatchRules, closest, match_key
 from .records import Outcome, Request, ResponseHead
-from .store import queries
+from .store import cassettes, queries
 
 
 @dataclass(eq=False)
@@ -161,7 +161,7 @@ class Index:
         recorded = [e for e in c.entries if e.available]
         found = closest(request, [e.request for e in recorded], self.rules)
         if found is None:
-            summaries = {s.name: s for s in await queries.cassette_summaries(self._engine)}
+            summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
             there = summaries.get(cassette)
             if there is None:
                 names = ", ".join(sorted(summaries)) or "none yet"

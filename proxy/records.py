@@ -23,9 +23,19 @@ class Outcome(StrEnum):
     INCOMPLETE = "incomplete"  # recording stopped early (killed process, store failure)
 
     @property
+    def complete(self) -> bool:
+        """Whether the whole body was recorded (the client may have left: it still was)."""
+        return self in (Outcome.COMPLETE, Outcome.CLIENT_GONE)
+
+    @property
     def replayable(self) -> bool:
         """Whether a replay may serve this interaction (a break is replayed as a break)."""
         return self in (Outcome.COMPLETE, Outcome.CLIENT_GONE, Outcome.UPSTREAM_BROKEN)
+
+
+def header_pairs(raw: list[list[str]]) -> Headers:
+    """Headers as JSON stores them (lists) back to pairs."""
+    return tuple((name, value) for name, value in raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from ..cassette_file import CassetteFileError, Header, Recorded
 from ..config import check_cassette_name
 from ..errors import CassetteExists, CassetteNotFound, RrproxyError
 from ..records import Event as EventRecord
-from ..records import Outcome, Request, ResponseHead
+from ..records import Outcome, Request, ResponseHead, header_pairs
 from ..redact import Redactor
 from ..secrets_scan import Finding, scan_request, scan_response
 from .models import Cassette, CassetteFile, Event, Interaction
@@ -85,7 +85,7 @@ class InteractionInfo:
 
     @property
     def complete(self) -> bool:
-        return self.outcome in (Outcome.COMPLETE, Outcome.CLIENT_GONE)
+        return self.outcome.complete
 
 
 class ImportStatus(StrEnum):
@@ -206,8 +206,10 @@ async def _recorded(
             if outcome is Outcome.RECORDING:
                 outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
             yield Recorded(
-                request=Request(row.method, row.url, _pairs(row.request_headers), row.request_body),
-                response=ResponseHead(row.status, _pairs(row.response_headers)),
+                request=Request(
+                    row.method, row.url, header_pairs(row.request_headers), row.request_body
+                ),
+                response=ResponseHead(row.status, header_pairs(row.response_headers)),
                 outcome=outcome,
                 error=error,
                 recorded_at=_utc(row.started_at) or datetime.now(UTC),
@@ -466,7 +468,3 @@ def _utc(t: datetime | None) -> datetime | None:
     if t is None or t.tzinfo is not None:
         return t
     return t.replace(tzinfo=UTC)  # SQLite hands back naive datetimes; they were stored as UTC
-
-
-def _pairs(raw: list[list[str]]) -> tuple[tuple[str, str], ...]:
-    return tuple((name, value) for name, value in raw)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..records import Outcome, Request, ResponseHead
+from ..records import Outcome, Request, ResponseHead, header_pairs
 from .models import Cassette, Event, Interaction
 
 
@@ -22,15 +21,6 @@ class StoredInteraction:
     error: str | None
     body_size: int
     ttfb_ms: float
-
-
-@dataclass(frozen=True)
-class CassetteSummary:
-    name: str
-    interactions: int
-    events: int
-    incomplete: int
-    last_recorded: datetime | None
 
 
 async def mark_unfinished(engine: AsyncEngine) -> int:
@@ -77,8 +67,8 @@ async def interactions(engine: AsyncEngine, cassette: str) -> list[StoredInterac
     return [
         StoredInteraction(
             id=r.id,
-            request=Request(r.method, r.url, _pairs(r.request_headers), r.request_body),
-            head=ResponseHead(r.status, _pairs(r.response_headers)),
+            request=Request(r.method, r.url, header_pairs(r.request_headers), r.request_body),
+            head=ResponseHead(r.status, header_pairs(r.response_headers)),
             outcome=Outcome(r.outcome),
             error=r.error,
             body_size=r.body_size,
@@ -133,27 +123,3 @@ async def small_bodies(
         for row in await conn.execute(stmt):
             bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data))
     return bodies
-
-
-async def cassette_summaries(engine: AsyncEngine) -> list[CassetteSummary]:
-    stmt = (
-        select(
-            Cassette.name,
-            func.count(Interaction.id),
-            func.coalesce(func.sum(Interaction.event_count), 0),
-            func.count(Interaction.id).filter(
-                Interaction.outcome.in_([Outcome.INCOMPLETE.value, Outcome.RECORDING.value])
-            ),
-            func.max(Interaction.started_at),
-        )
-        .outerjoin(Interaction)
-        .group_by(Cassette.id)
-        .order_by(Cassette.name)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return [CassetteSummary(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows]
-
-
-def _pairs(raw: list[list[str]]) -> tuple[tuple[str, str], ...]:
-    return tuple((name, value) for name, value in raw)
