@@ -1,9 +1,10 @@
 """Forwarding: send a request upstream and relay the response while it streams.
 
 Each chunk is written to the client the moment it arrives; when a `Tee` is given, the same
-chunk is also split into events and handed to the recorder (which never blocks). A client
-that hangs up stops the writing, not the reading: the upstream response is still read to
-its end and recorded, since its tokens were paid for.
+chunk is also split into events and handed to the recorder, which takes them without
+waiting (only a healthy store more than its high-water mark behind makes the relay wait).
+A client that hangs up stops the writing, not the reading: the upstream response is still
+read to its end and recorded, since its tokens were paid for.
 """
 
 from __future__ import annotations

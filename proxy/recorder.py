@@ -272,7 +272,7 @@ class Recorder:
             await self._progress.wait_for(lambda: self._written >= target)
 
     async def close(self) -> None:
-        """Flush everything pending (the writer task then returns)."""
+        """Ask the writer to write what is pending and stop: `run` returns when it has."""
         self._closing = True
         self._wakeup.set()
         async with self._progress:

@@ -54,7 +54,7 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
     def done(task: asyncio.Task[Any]) -> None:
         tasks.discard(task)
         if not task.cancelled():
-            task.exception()  # retrieved: its caller may be gone, the error was logged
+            task.exception()  # retrieved, so asyncio does not warn: a caller still there got it
 
     return done
 
