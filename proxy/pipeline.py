@@ -136,7 +136,8 @@ async def _forward(
     source = "passthrough" if tee is None else "recorded"
     relayed = await relay(request, upstream, head, source, tee)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
-    _log(ctl, stored, head.status, what, relayed.events, t0)
+    unit = "chunks" if tee is None else "events"  # passthrough frames nothing
+    _log(ctl, stored, head.status, what, relayed.events, t0, unit)
     return relayed.response
 
 
@@ -171,12 +172,20 @@ async def _start_recording(
     return Tee(services.recorder, recording, framer, t0, ended)
 
 
-def _log(ctl: Control, stored: Request, status: int, what: str, events: int, t0: float) -> None:
+def _log(
+    ctl: Control,
+    stored: Request,
+    status: int,
+    what: str,
+    events: int,
+    t0: float,
+    unit: str = "events",
+) -> None:
     """One line per interaction; the URL without its query (which may hold secrets)."""
     ms = (asyncio.get_running_loop().time() - t0) * 1000
     url = urlsplit(stored.url)
     log.info(
-        "%s %s %s %s%s%s -> %d %s, %d events, %.0f ms",
+        "%s %s %s %s%s%s -> %d %s, %d %s, %.0f ms",
         ctl.mode,
         ctl.cassette,
         stored.method,
@@ -186,5 +195,6 @@ def _log(ctl: Control, stored: Request, status: int, what: str, events: int, t0:
         status,
         what,
         events,
+        unit,
         ms,
     )
