@@ -156,6 +156,8 @@ async def _start_recording(
 
     def committed(rec: Recording) -> None:
         entry.interaction_id = rec.interaction_id
+        if rec.interaction_id is not None:
+            services.bodies.forget(rec.interaction_id)
         entry.body_size = rec.size
         if rec.dropped:
             entry.outcome = Outcome.INCOMPLETE

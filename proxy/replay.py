@@ -38,6 +38,12 @@ class Bodies:
         self._size = 0
         self._preloaded: dict[str, asyncio.Event] = {}
 
+    def forget(self, interaction_id: int) -> None:
+        """Drop one body: SQLite may give a deleted interaction's id to a new one."""
+        dropped = self._cached.pop(interaction_id, None)
+        if dropped is not None:
+            self._size -= sum(len(data) for _, data in dropped)
+
     def clear(self) -> None:
         """Forget every cached body (the store may have changed under this process)."""
         self._cached.clear()
