@@ -14,6 +14,7 @@ from aiohttp import web
 from yarl import URL
 
 from tests.conftest import StartProxy, StartUpstream
+from tests.proc import run_cli
 
 
 def counting_upstream() -> tuple[web.Application, list[web.Request]]:
@@ -322,3 +323,26 @@ async def test_head_replays_with_the_recorded_content_length(
             ) as resp:
                 seen.append((resp.status, resp.headers.get("Content-Length"), await resp.read()))
     assert seen == [(200, "1234", b""), (200, "1234", b"")]
+
+
+async def test_a_cassette_removed_under_a_running_proxy_never_replays_stale_bodies(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    app, _ = counting_upstream()
+    upstream = await start_upstream(app)
+    proxy = await start_proxy(upstream, cassette="c")
+    replay = {"Rrproxy-Mode": "replay"}
+    async with aiohttp.ClientSession() as client:
+        first = await post(client, proxy.make_url("/v1/plain"), json={"q": 1})
+        assert (await post(client, proxy.make_url("/v1/plain"), json={"q": 1}, headers=replay))[
+            2
+        ] == first[2]  # now in the body cache
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")):
+            pass  # flushed
+        result = run_cli("rm", "c", "--db", str(db_path), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        # no reset: SQLite gives the new recording the deleted one's id
+        second = await post(client, proxy.make_url("/v1/plain"), json={"q": 1})
+        assert second[1]["Rrproxy-Source"] == "recorded" and second[2] != first[2]
+        again = await post(client, proxy.make_url("/v1/plain"), json={"q": 1}, headers=replay)
+    assert again[2] == second[2]
