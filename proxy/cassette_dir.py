@@ -221,8 +221,9 @@ class CassetteDir:
                 known = (await cassettes.file_hashes(conn)).get(name)
             if known != await asyncio.to_thread(_file_sha256, path):
                 raise FileChanged(
-                    "it changed on disk since rrproxy loaded it; restart rrproxy to load "
-                    "it (the new recordings stay in the store), or delete it to write it anew"
+                    "it changed on disk since rrproxy loaded it; the new recordings stay in "
+                    "the store only, until a restart loads the file in their place (delete "
+                    "the file instead to have it written anew)"
                 )
         with atomic_write(path) as f:
             out = _Hashing(f)
