@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import logging
 import os
 import re
@@ -37,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .hosts import ip_literal, normalize_host
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class CertificateAuthority:
         return context
 
     def _make_leaf_certificate(self, name: str) -> x509.Certificate:
-        ip = _ip_address(name)
+        ip = ip_literal(name)
         san: x509.GeneralName = x509.IPAddress(ip) if ip is not None else x509.DNSName(name)
         # A long name cannot be a commonName; clients only look at the subjectAltName anyway.
         subject = x509.Name(
@@ -355,28 +356,13 @@ def _make_ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
 
 
 def _normalize_host(host: str) -> str:
-    """The name a certificate for ``host`` carries: lower case, IDNA-encoded, no brackets."""
-    name = host.strip().rstrip(".").lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    if not name:
+    """The name a certificate for ``host`` carries (`hosts.normalize_host`'s form)."""
+    if not host.strip().strip("[].").strip():
         raise ValueError(f"cannot issue a certificate for the empty host name {host!r}")
-    ip = _ip_address(name)
-    if ip is not None:
-        return ip.compressed
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError as e:
-            raise ValueError(f"cannot issue a certificate for {host!r}: {e}") from e
-    return name
-
-
-def _ip_address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
+        return normalize_host(host)
+    except ValueError as e:
+        raise ValueError(f"cannot issue a certificate for {host!r}: {e}") from None
 
 
 def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | None:

@@ -166,7 +166,6 @@ class Relayed:
     response: web.StreamResponse
     outcome: Outcome
     events: int
-    error: str | None
 
 
 async def relay(
@@ -222,7 +221,7 @@ async def relay(
         if tee is not None:
             tee.end(outcome, error)
             events = tee.recording.events
-    return Relayed(response, outcome, events, error)
+    return Relayed(response, outcome, events)
 
 
 def break_connection(request: web.Request) -> None:

@@ -49,7 +49,7 @@ def normalize_host(host: str) -> str:
     name = host.strip().rstrip(".").lower()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    ip = _ip(name)
+    ip = ip_literal(name)
     if ip is not None:
         return ip.compressed
     if not name.isascii():
@@ -134,7 +134,7 @@ def is_loopback(host: str) -> bool:
     name = host.strip().strip("[]").rstrip(".").lower()
     if name in _LOOPBACK_NAMES:
         return True
-    ip = _ip(name)
+    ip = ip_literal(name)
     return ip is not None and ip.is_loopback
 
 
@@ -160,7 +160,7 @@ def url_target(url: str) -> Target:
 @functools.lru_cache(maxsize=1024)
 def _compressed(host: str) -> str:
     name = host.strip("[]").lower()
-    ip = _ip(name.split("%", 1)[0])
+    ip = ip_literal(name.split("%", 1)[0])
     return ip.compressed if ip is not None else name
 
 
@@ -170,7 +170,7 @@ def _port(text: str, whole: str) -> int:
     return int(text)
 
 
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(name)
     except ValueError:

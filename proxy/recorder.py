@@ -106,8 +106,6 @@ class Recorder:
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
         self._progress = asyncio.Condition()
-        self.batches = 0
-        self.failures = 0
         self.listeners: list[Callable[[Recording], None]] = []
         """Called with each recording once its last event is committed."""
 
@@ -222,7 +220,6 @@ class Recorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.failures += 1
                 self._cassette_ids.clear()  # a cassette may have been deleted under us
                 batch.extend(self._pending)
                 self._pending = batch
@@ -245,7 +242,6 @@ class Recorder:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.05
-            self.batches += 1
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
