@@ -148,14 +148,12 @@ class Tee:
         if self.framer.buffered > MAX_EVENT_BYTES:  # an event without end: keep memory flat
             events.append(self.framer.spill())
         if events:
-            t = self._ms()
-            for data in events:
-                self.recorder.event(self.recording, t, data)
+            self.recorder.events(self.recording, self._ms(), events)
 
     def end(self, outcome: Outcome, error: str | None = None) -> None:
         t = self._ms()
-        for data in self.framer.close():
-            self.recorder.event(self.recording, t, data)
+        if rest := self.framer.close():
+            self.recorder.events(self.recording, t, rest)
         self.recorder.end(self.recording, outcome, t, error)
         if self.on_end is not None:
             self.on_end(outcome)

@@ -1,10 +1,12 @@
 """The single writer: takes recorded events off the hot path and commits them in batches.
 
-Relaying never waits on the database. `begin`, `event` and `end` only append to in-memory
-lists; one task (`run`) owns every write, taking whatever has piled up since its last
-commit and writing it in one transaction with a few statements (datasette's write thread,
-as an asyncio task). While a commit runs, the next batch gathers, so commits follow each
-other closely and a killed process loses only the batch in flight.
+Relaying never waits on the database. `begin`, `events` and `end` only append to in-memory
+lists; one task (`run`) owns every write, taking whatever has piled up and writing it in
+one transaction with a few statements (datasette's write thread, as an asyncio task).
+It commits at most once per `_LINGER_S` (10 ms): a transaction costs far more than a row,
+so batches stay few under any load, and a killed process loses only the last few
+milliseconds. When it has nothing to write it checkpoints SQLite's WAL, which SQLite
+would otherwise do inside a commit, in the middle of a stream.
 
 Memory stays bounded. Should a healthy store fall behind a very fast stream by more than
 `high_water` bytes, `room()` holds the relay until the writer has taken the backlog (real
@@ -21,13 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, count, repeat
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .records import Outcome, Request, ResponseHead
-from .store.engine import create_writer_thread_engine, is_sqlite
+from .store.engine import checkpoint, create_writer_thread_engine, is_sqlite
 from .store.models import Cassette, Event, Interaction
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
 _MAX_HOLD_S = 0.5
 _LINGER_S = 0.01
+_CHECKPOINT_BYTES = 4 * 2**20
 
 
 @dataclass(eq=False)
@@ -82,7 +86,7 @@ class Recorder:
         self,
         engine: AsyncEngine,
         *,
-        high_water: int = 2 * 2**20,
+        high_water: int = 4 * 2**20,
         max_pending_bytes: int = 64 * 2**20,
     ):
         self._engine = engine
@@ -103,6 +107,7 @@ class Recorder:
         self._cassette_ids: dict[str, int] = {}
         self._failing_since: float | None = None
         self._stalled = False  # a write has taken longer than _MAX_HOLD_S
+        self._unchecked = 0  # bytes written since the last checkpoint
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
         self._progress = asyncio.Condition()
@@ -124,15 +129,17 @@ class Recorder:
         self._queued()
         return rec
 
-    def event(self, rec: Recording, t_ms: float, data: bytes) -> None:
-        seq = rec.events
-        rec.events += 1
-        rec.size += len(data)
+    def events(self, rec: Recording, t_ms: float, events: list[bytes]) -> None:
+        """Events that arrived together (one chunk), in order."""
+        seq, size = rec.events, sum(map(len, events))
+        rec.events += len(events)
+        rec.size += size
         if not rec.dropped:
-            self._pending.events.append((rec, seq, t_ms, data))
-            self._pending.size += len(data)
-            self._queued()
-            if self._pending.size > self._max_pending:
+            pending = self._pending
+            pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
+            pending.size += size
+            self._queued(len(events))
+            if pending.size > self._max_pending:
                 self._shed()
 
     def end(
@@ -142,8 +149,8 @@ class Recorder:
         self._pending.ends.append(rec)
         self._queued()
 
-    def _queued(self) -> None:
-        self._pushed += 1
+    def _queued(self, items: int = 1) -> None:
+        self._pushed += items
         self._wakeup.set()
 
     @property
@@ -205,13 +212,18 @@ class Recorder:
             if not len(self._pending):
                 if self._closing:
                     return
+                if self._unchecked > _CHECKPOINT_BYTES:
+                    await self._checkpoint()
+                    continue
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if not self._closing:
-                    # Let the relay that woke us run first: the first bytes of a stream go to
-                    # the client, not into a contest with the writer; and writes group.
-                    await asyncio.sleep(_LINGER_S)
                 continue
+            if not self._closing and self._pending.size <= self._high_water:
+                # Before every batch: let the relays run first (the first bytes of a stream
+                # go to the client, not into a contest with the writer), and let writes
+                # group. A transaction costs far more than a row: a batch every _LINGER_S
+                # keeps the writer's share of the process small under any load.
+                await asyncio.sleep(_LINGER_S)
             batch, self._pending = self._pending, _Batch()
             async with self._progress:
                 self._progress.notify_all()  # room() waiters: the backlog was taken
@@ -242,6 +254,7 @@ class Recorder:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             backoff = 0.05
+            self._unchecked += batch.size
             async with self._progress:
                 self._written += len(batch)
                 self._progress.notify_all()
@@ -250,6 +263,18 @@ class Recorder:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since = None
             self._committed(batch)
+
+    async def _checkpoint(self) -> None:
+        """Idle, with a long WAL behind us: move it into the database file now, between
+        streams (SQLite's own checkpoints, inside a commit, are pushed far out)."""
+        self._unchecked = 0
+        if self._thread is None or self._thread_engine is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, checkpoint, self._thread_engine)
+        except Exception as exc:  # the next idle moment, or SQLite's own, will do it
+            log.debug("checkpoint failed: %s", getattr(exc, "orig", None) or exc)
 
     def _give_up(self) -> bool:
         assert self._failing_since is not None
@@ -324,10 +349,7 @@ def _write_batch(
         rows = [
             _interaction_row(cassettes[rec.cassette], rec, rec in ended_now) for rec in batch.begins
         ]
-        result = conn.execute(
-            insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True), rows
-        )
-        new_ids = dict(zip(batch.begins, result.scalars().all(), strict=True))
+        new_ids = dict(zip(batch.begins, _insert_interactions(conn, rows), strict=True))
     if batch.events:
         _insert_events(
             conn,
@@ -371,14 +393,44 @@ def _cassette_ids(conn: Connection, names: set[str], known: dict[str, int]) -> d
     return ids
 
 
-_SQLITE_INSERT_EVENTS = "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES (?, ?, ?, ?)"
+def _insert_interactions(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert interactions, returning their ids in order. On SQLite the writer holds the
+    write lock (`BEGIN IMMEDIATE`), so the ids after the largest are its to give: one
+    executemany, where a RETURNING in order costs a statement per row (SQLite does not
+    promise the order of a multi-row RETURNING)."""
+    if conn.dialect.name == "sqlite":
+        first = (conn.scalar(select(func.max(Interaction.id))) or 0) + 1
+        ids = list(range(first, first + len(rows)))
+        conn.execute(
+            insert(Interaction), [{**row, "id": i} for row, i in zip(rows, ids, strict=True)]
+        )
+        return ids
+    result = conn.execute(
+        insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True), rows
+    )
+    return list(result.scalars().all())
+
+
+_ROWS_PER_INSERT = 64  # 256 bound values, well under SQLite's limit (32,766 since 3.32)
+_SQLITE_INSERT_EVENTS = "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES "
 
 
 def _insert_events(conn: Connection, rows: list[tuple[int, int, float, bytes]]) -> None:
-    """The hottest statement: on SQLite, the driver's own executemany (measured 1.7x the
-    rows/s of Core's, which builds and processes a dict per row); elsewhere, Core."""
+    """The hottest statement. On SQLite: the driver's own executemany (Core's builds and
+    processes a dict per row), of multi-row inserts. A statement step releases the GIL
+    and has to win it back from the relays; one step per 64 rows rather than per row keeps
+    the writer from queueing behind the event loop thousands of times per stream."""
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+        n = _ROWS_PER_INSERT
+        full = len(rows) - len(rows) % n
+        if full:
+            statement = _SQLITE_INSERT_EVENTS + ", ".join(["(?, ?, ?, ?)"] * n)
+            flat = [tuple(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
+            conn.exec_driver_sql(statement, flat)
+        if full < len(rows):
+            rest = rows[full:]
+            statement = _SQLITE_INSERT_EVENTS + ", ".join(["(?, ?, ?, ?)"] * len(rest))
+            conn.exec_driver_sql(statement, tuple(chain.from_iterable(rest)))
     else:
         keys = ("interaction_id", "seq", "t_ms", "data")
         conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])

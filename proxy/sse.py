@@ -70,6 +70,8 @@ class _Buffered:
 
     def _take(self, tail: bytes) -> bytes:
         """Return the event in progress ending with ``tail``, and start a new one."""
+        if not self._pieces:  # the whole event came in one chunk
+            return tail
         event = b"".join([*self._pieces, tail])
         self._pieces = []
         self._size = 0

@@ -82,3 +82,41 @@ async def test_replay_streams_first_event_before_the_client_reads_the_rest(
             rest = await resp.content.read()
     assert first == b"event: first\ndata: 1\n\n"
     assert rest == recorded
+
+
+def _file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+async def test_a_long_recording_moves_from_the_wal_into_the_database_file_once_idle(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    """SQLite's own checkpoints are pushed out (they would copy and fsync inside a commit,
+    mid-stream): the recorder checkpoints when it has nothing to write. 6 MB recorded
+    must not stay in the WAL until SQLite's raised threshold."""
+    event = b"data: " + b"x" * 2000 + b"\n\n"
+    app = web.Application()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(3000):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    app.router.add_post("/v1/stream", stream)
+    proxy = await start_proxy(await start_upstream(app), mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            assert len(await resp.read()) == 3000 * len(event)
+        for _ in range(500):  # bounded: 10 s
+            if _file_size(db_path) > 3000 * len(event):
+                break
+            await asyncio.sleep(0.02)
+        assert _file_size(db_path) > 3000 * len(event), "the events are still in the WAL"
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("SELECT count(*), sum(length(data)) FROM events").fetchone() == (
+                3000,
+                3000 * len(event),
+            )
