@@ -81,7 +81,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         key = services.index.key(stored)
         entry = await services.index.next_unused(ctl.cassette, key)
 
-    if entry is not None:
+    if entry is not None and not entry.committed.is_set():
         # A recording of this very run is replayable once its last batch is in the store,
         # unless its events had to be dropped meanwhile (the store was failing).
         try:
