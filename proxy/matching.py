@@ -79,8 +79,7 @@ def match_key(request: Request, rules: MatchRules) -> str:
         [[name, list(values)] for name, values in c.headers],
         "json" if c.is_json else "raw",
     ]
-    # ensure_ascii=True: the digest input is plain ASCII, even with lone surrogates.
-    digest = hashlib.sha256(json.dumps(parts, ensure_ascii=True, separators=(",", ":")).encode())
+    digest = hashlib.sha256(_KEY_PARTS.encode(parts).encode())
     digest.update(b"\n")  # then the body, hashed as it is (JSON: its canonical text)
     digest.update(c.body_text.encode("utf-8", "surrogatepass") if c.is_json else c.body_raw)
     return digest.hexdigest()
@@ -188,8 +187,14 @@ def _parse_json(body: bytes) -> Any:
         return _MISSING
 
 
+# One encoder each, made once: `json.dumps` with options builds a new encoder per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# ensure_ascii=True: the digest input is plain ASCII, even with lone surrogates.
+_KEY_PARTS = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
 def _without(value: Any, path: list[str]) -> Any:
