@@ -1,5 +1,8 @@
 """Medians over repeats, ratios to the two references, and the table and JSON that show them.
 
+A figure is the median over the repeats; its ratio is the median over the repeats of the
+ratio within each repeat (target and reference measured moments apart).
+
 Every ratio is a cost relative to the reference: above 1 is worse. For times and memory it
 is ``value / reference``; for throughputs it is ``reference / value``, so ``2.00x`` always
 reads "twice as slow" (or twice the memory).
@@ -76,16 +79,21 @@ def summarize(runs: Runs, meta: dict[str, Any]) -> dict[str, Any]:
                 "median": {k: _median([f.get(k) for f in per_run]) for k in sorted(keys)},
                 "runs": per_run,
             }
+    # A ratio is taken within each repeat (target and reference measured minutes apart at
+    # most, on the same machine state), then the median over the repeats.
     ratios: dict[str, dict[str, dict[str, dict[str, float | None]]]] = {}
     for target in results:
         for metric in METRICS:
-            value = results[target][metric.load]["median"].get(metric.key)
+            mine = results[target][metric.load]["runs"]
             ratios.setdefault(target, {}).setdefault(metric.load, {})[metric.key] = {
-                f"vs_{ref}": _cost(
-                    metric,
-                    value,
-                    results.get(ref, {}).get(metric.load, {}).get("median", {}).get(metric.key),
+                f"vs_{ref}": _median(
+                    [
+                        _cost(metric, a.get(metric.key), b.get(metric.key))
+                        for a, b in zip(mine, results[ref][metric.load]["runs"], strict=True)
+                    ]
                 )
+                if ref in results
+                else None
                 for ref in REFERENCES
             }
     return {"meta": meta, "targets": list(runs), "results": results, "ratios": ratios}
