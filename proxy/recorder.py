@@ -411,8 +411,14 @@ def _insert_interactions(conn: Connection, rows: list[dict[str, Any]]) -> list[i
     return list(result.scalars().all())
 
 
+def _events_insert(rows: int) -> str:
+    return "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES " + ", ".join(
+        ["(?, ?, ?, ?)"] * rows
+    )
+
+
 _ROWS_PER_INSERT = 64  # 256 bound values, well under SQLite's limit (32,766 since 3.32)
-_SQLITE_INSERT_EVENTS = "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES "
+_INSERT_FULL = _events_insert(_ROWS_PER_INSERT)
 
 
 def _insert_events(conn: Connection, rows: list[tuple[int, int, float, bytes]]) -> None:
@@ -424,13 +430,10 @@ def _insert_events(conn: Connection, rows: list[tuple[int, int, float, bytes]]) 
         n = _ROWS_PER_INSERT
         full = len(rows) - len(rows) % n
         if full:
-            statement = _SQLITE_INSERT_EVENTS + ", ".join(["(?, ?, ?, ?)"] * n)
             flat = [tuple(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
-            conn.exec_driver_sql(statement, flat)
-        if full < len(rows):
-            rest = rows[full:]
-            statement = _SQLITE_INSERT_EVENTS + ", ".join(["(?, ?, ?, ?)"] * len(rest))
-            conn.exec_driver_sql(statement, tuple(chain.from_iterable(rest)))
+            conn.exec_driver_sql(_INSERT_FULL, flat)
+        if rest := rows[full:]:
+            conn.exec_driver_sql(_events_insert(len(rest)), tuple(chain.from_iterable(rest)))
     else:
         keys = ("interaction_id", "seq", "t_ms", "data")
         conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])
