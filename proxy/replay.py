@@ -8,17 +8,19 @@ upstream broke mid-stream is replayed the same way: its events, then a broken co
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .config import Pace
 from .forward import break_connection
 from .headers import end_to_end, get
 from .index import Entry
-from .records import Outcome
+from .records import Headers, Outcome, ResponseHead
 from .store import queries
 
 Page = list[tuple[float, bytes]]
@@ -50,7 +52,7 @@ class Bodies:
         self._size = 0
         self._preloaded.clear()
 
-    def small(self, body_size: int) -> bool:
+    def is_small(self, body_size: int) -> bool:
         return body_size <= self._small
 
     async def _preload(self, cassette: str) -> None:
@@ -72,21 +74,23 @@ class Bodies:
         self, cassette: str, interaction_id: int, body_size: int
     ) -> AsyncIterator[Page]:
         if body_size <= self._small:
-            await self._preload(cassette)
+            yield await self.small(cassette, interaction_id, body_size)
+            return
+        async for page in _read_ahead(queries.events(self._engine, interaction_id, 1024)):
+            yield page
+
+    async def small(self, cassette: str, interaction_id: int, body_size: int) -> Page:
+        """A small body's events, from memory once its cassette's small bodies are read."""
+        await self._preload(cassette)
         cached = self._cached.get(interaction_id)
         if cached is not None:
             self._cached.move_to_end(interaction_id)
-            yield cached
-            return
-        if body_size > self._small:
-            async for page in _read_ahead(queries.events(self._engine, interaction_id, 1024)):
-                yield page
-            return
+            return cached
         events: Page = []
         async for page in queries.events(self._engine, interaction_id, page=1024):
             events += page
         self._keep(interaction_id, events, body_size)
-        yield events
+        return events
 
     def _keep(self, interaction_id: int, events: Page, size: int) -> None:
         if interaction_id in self._cached:
@@ -140,17 +144,14 @@ async def replay(
         return await _bodiless(request, entry), 0
     broken = entry.outcome is Outcome.UPSTREAM_BROKEN
     recorded_length = get(head.headers, "content-length")
-    if pace.factor is None and not broken and recorded_length is not None:
-        if bodies.small(entry.body_size):  # one write, head and body (a small JSON answer)
-            return await _whole(request, cassette, entry, bodies)
+    if pace.factor is None and not broken and bodies.is_small(entry.body_size):
+        if recorded_length is not None or request.version >= HttpVersion11:
+            return await _whole(request, cassette, entry, bodies, chunked=recorded_length is None)
 
-    response = web.StreamResponse(status=head.status)
-    for name, value in end_to_end(head.headers, drop=("content-length",)):
-        response.headers.add(name, value)
+    response = web.StreamResponse(status=head.status, headers=CIMultiDict(_replayed(head)))
     if recorded_length is not None:
         # complete: the true length; broken: the promise the upstream made and did not keep
         response.content_length = int(recorded_length) if broken else entry.body_size
-    response.headers["Rrproxy-Source"] = "replayed"
 
     await wait_until(entry.ttfb_ms)
     sent = 0
@@ -186,15 +187,32 @@ async def _bodiless(request: web.Request, entry: Entry) -> web.StreamResponse:
 
 
 async def _whole(
-    request: web.Request, cassette: str, entry: Entry, bodies: Bodies
+    request: web.Request, cassette: str, entry: Entry, bodies: Bodies, *, chunked: bool
 ) -> tuple[web.StreamResponse, int]:
-    """A small, complete, length-delimited recording answered in one piece."""
+    """A small, complete recording answered in one write, head and body: length-delimited
+    as recorded, or as one chunk when it was streamed (chunked framing is hop-by-hop)."""
     assert entry.interaction_id is not None
-    events: Page = []
-    async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
-        events += page
-    response = web.Response(status=entry.head.status, body=b"".join(d for _, d in events))
-    for name, value in end_to_end(entry.head.headers, drop=("content-length",)):
-        response.headers.add(name, value)
-    response.headers["Rrproxy-Source"] = "replayed"
+    events = await bodies.small(cassette, entry.interaction_id, entry.body_size)
+    response = web.Response(
+        status=entry.head.status,
+        body=b"".join(data for _, data in events),
+        headers=CIMultiDict(_replayed(entry.head)),
+    )
+    if chunked:
+        response.enable_chunked_encoding()
+    try:  # sent now, not after the handler returns: the log line is written after it
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client hung up
     return response, len(events)
+
+
+@functools.lru_cache(maxsize=1024)
+def _replayed(head: ResponseHead) -> Headers:
+    """The headers a replay sends: the recorded end-to-end ones, Content-Length left to the
+    replay, and where the answer came from."""
+    return (*end_to_end(head.headers, drop=_LENGTH), ("Rrproxy-Source", "replayed"))
+
+
+_LENGTH = frozenset({"content-length"})

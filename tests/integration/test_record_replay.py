@@ -325,6 +325,36 @@ async def test_head_replays_with_the_recorded_content_length(
     assert seen == [(200, "1234", b""), (200, "1234", b"")]
 
 
+async def test_a_streamed_recording_replays_chunked_and_to_http_1_0_until_close(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    app, _ = counting_upstream()
+    upstream = await start_upstream(app)
+    proxy = await start_proxy(upstream)
+    body = b'{"q": 1}'
+    want = b"".join(f"data: answer 1 part {i}\n\n".encode() for i in range(3))
+    async with aiohttp.ClientSession() as client:
+        _, _, recorded = await post(client, proxy.make_url("/v1/stream"), data=body)
+        replay = {"Rrproxy-Mode": "replay"}
+        _, headers, replayed = await post(
+            client, proxy.make_url("/v1/stream"), data=body, headers=replay
+        )
+    assert recorded == replayed == want
+    # A streamed answer had no length: replayed whole, it keeps chunked framing
+    assert headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in headers
+    # which HTTP/1.0 does not have: the body then ends with the connection
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(
+        b"POST /v1/stream HTTP/1.0\r\nRrproxy-Mode: replay\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    raw = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    assert rest == want
+
+
 async def test_a_cassette_removed_under_a_running_proxy_never_replays_stale_bodies(
     start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
 ) -> None:
