@@ -21,18 +21,19 @@ HOP_BY_HOP = frozenset(
 )
 CONTROL = frozenset({"rrproxy-cassette", "rrproxy-mode", "rrproxy-pace"})
 """Per-request control headers: read by rrproxy, never forwarded or recorded."""
+NOT_FORWARDED = CONTROL | {"host", "content-length"}
+"""A request's headers that do not go upstream as they came (aiohttp sets Host and
+Content-Length itself)."""
 
 
-def end_to_end(pairs: Iterable[tuple[str, str]], *, drop: Iterable[str] = ()) -> Headers:
-    """The headers minus hop-by-hop ones, those the Connection header names, and `drop`."""
+def end_to_end(pairs: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()) -> Headers:
+    """The headers minus hop-by-hop ones, those the Connection header names, and `drop`
+    (lower-case names)."""
     pairs = list(pairs)
-    named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    excluded = HOP_BY_HOP | named | {d.lower() for d in drop}
+    excluded = HOP_BY_HOP | drop
+    for name, value in pairs:
+        if name.lower() == "connection":
+            excluded |= {token.strip().lower() for token in value.split(",")}
     return tuple((name, value) for name, value in pairs if name.lower() not in excluded)
 
 

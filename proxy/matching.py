@@ -20,12 +20,13 @@ form of a live request too, so that a cassette recorded with one key replays for
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 from proxy.records import Request
 
@@ -51,8 +52,7 @@ class MatchRules:
     """Query parameter names (as decoded, case-sensitive) left out of the key."""
 
 
-@dataclass(frozen=True)
-class _Canonical:
+class _Canonical(NamedTuple):  # a tuple: made for every request replayed
     method: str
     upstream: str
     path: str
@@ -126,16 +126,20 @@ def closest(
 
 def _canonical(request: Request, rules: MatchRules) -> _Canonical:
     parts = urlsplit(request.url)
-    ignored_params = set(rules.ignore_query_params)
-    query = sorted(
-        (name, value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if name not in ignored_params
-    )
-    wanted_headers = sorted({name.lower() for name in rules.match_headers})
-    headers = tuple(
-        (name, tuple(v for n, v in request.headers if n.lower() == name)) for name in wanted_headers
-    )
+    query: list[tuple[str, str]] = []
+    if parts.query:
+        ignored_params = set(rules.ignore_query_params)
+        query = sorted(
+            (name, value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+            if name not in ignored_params
+        )
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if rules.match_headers:
+        headers = tuple(
+            (name, tuple(v for n, v in request.headers if n.lower() == name))
+            for name in sorted({name.lower() for name in rules.match_headers})
+        )
     parsed = _parse_json(request.body)
     is_json = parsed is not _MISSING
     if is_json:
@@ -143,7 +147,7 @@ def _canonical(request: Request, rules: MatchRules) -> _Canonical:
             parsed = _without(parsed, field.split("."))
     return _Canonical(
         method=request.method.upper(),
-        upstream=_upstream(parts),
+        upstream=_upstream(parts.scheme, parts.netloc),
         path=parts.path or "/",
         query=tuple(query),
         headers=headers,
@@ -154,13 +158,16 @@ def _canonical(request: Request, rules: MatchRules) -> _Canonical:
     )
 
 
-def _upstream(parts: SplitResult) -> str:
-    scheme = parts.scheme.lower()
+@functools.lru_cache(maxsize=256)
+def _upstream(scheme: str, netloc: str) -> str:
+    """Scheme, host and port, lower-cased, the default port dropped."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    scheme = scheme.lower()
     try:
         host = parts.hostname or ""
         port = parts.port
     except ValueError:  # a malformed port: keep the authority as written
-        return f"{scheme}://{parts.netloc.lower()}"
+        return f"{scheme}://{netloc.lower()}"
     if ":" in host:  # IPv6
         host = f"[{host}]"
     if port is None or port == _DEFAULT_PORTS.get(scheme):

@@ -18,7 +18,7 @@ from aiohttp import web
 from .config import Mode, Pace, Settings, check_cassette_name, parse_pace
 from .errors import BadRequest, ReplayMiss
 from .forward import Tee, relay, response_head, send
-from .headers import CONTROL, end_to_end
+from .headers import NOT_FORWARDED, end_to_end
 from .index import Entry
 from .recorder import Recording
 from .records import Outcome, Request, ResponseHead
@@ -44,7 +44,12 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
     h = request.headers
     try:
         mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else settings.mode
-        cassette = check_cassette_name(h.get("Rrproxy-Cassette", state.cassette))
+        # The active cassette was checked when it was set.
+        cassette = (
+            check_cassette_name(h["Rrproxy-Cassette"])
+            if "Rrproxy-Cassette" in h
+            else state.cassette
+        )
         pace = parse_pace(h["Rrproxy-Pace"]) if "Rrproxy-Pace" in h else settings.pace
     except ValueError as exc:
         modes = ", ".join(m.value for m in Mode)
@@ -54,7 +59,7 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
 
 async def upstream_request(request: web.Request, settings: Settings) -> Request:
     body = await request.read()
-    headers = end_to_end(request.headers.items(), drop=(*CONTROL, "host", "content-length"))
+    headers = end_to_end(request.headers.items(), drop=NOT_FORWARDED)
     return Request(request.method, upstream_url(request, settings), headers, body)
 
 

@@ -9,7 +9,7 @@ one key replays for anyone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from proxy.records import Headers, Request
@@ -56,8 +56,11 @@ class Redactor:
 
     def request(self, request: Request) -> Request:
         """The request with its URL and headers redacted (the body is kept)."""
-        return replace(
-            request, url=self.redact_url(request.url), headers=self.redact_headers(request.headers)
+        return Request(
+            request.method,
+            self.redact_url(request.url),
+            self.redact_headers(request.headers),
+            request.body,
         )
 
     def _redact_param(self, part: str) -> str:
