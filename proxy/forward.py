@@ -188,15 +188,15 @@ async def relay(
             outcome = Outcome.CLIENT_GONE
         async for chunk in upstream.content.iter_any():
             events += 1
-            if tee is not None:
-                tee.feed(chunk)
-                if tee.recorder.backlogged:
-                    await tee.recorder.room()
             if outcome is Outcome.COMPLETE:
                 try:
                     await response.write(chunk)
                 except ConnectionError:
                     outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
+            if tee is not None:
+                tee.feed(chunk)
+                if tee.recorder.backlogged:
+                    await tee.recorder.room()
     except (aiohttp.ClientError, TimeoutError) as exc:
         outcome = Outcome.UPSTREAM_BROKEN
         error = f"upstream broke the stream: {describe(exc)}"
