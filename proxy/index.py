@@ -84,6 +84,9 @@ class Index:
             cassette.stale = True
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
+        cassette = self._cassettes.get(name)
+        if cassette is not None and not cassette.stale and not reload:
+            return cassette  # loaded (a miss reloads it, under the lock)
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
             if cassette is None or cassette.stale or reload:
