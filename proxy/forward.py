@@ -171,8 +171,11 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     head: ResponseHead,
     source: str,
-    tee: Tee | None,
+    record: Callable[[], Tee] | None,
 ) -> Relayed:
+    """Relay the response; with `record`, also record it. The recording is started once
+    the first bytes are out (or at the end, for a body with none): its bookkeeping is not
+    in their way."""
     response = web.StreamResponse(status=head.status, reason=upstream.reason)
     for name, value in head.headers:
         if name.lower() != "content-length":
@@ -181,6 +184,7 @@ async def relay(
         response.content_length = upstream.content_length
     response.headers["Rrproxy-Source"] = source
     outcome, error, events = Outcome.COMPLETE, None, 0
+    tee: Tee | None = None
     try:
         try:
             await response.prepare(request)
@@ -193,7 +197,9 @@ async def relay(
                     await response.write(chunk)
                 except ConnectionError:
                     outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
-            if tee is not None:
+            if record is not None:
+                if tee is None:
+                    tee = record()
                 tee.feed(chunk)
                 if tee.recorder.backlogged:
                     await tee.recorder.room()
@@ -201,7 +207,8 @@ async def relay(
         outcome = Outcome.UPSTREAM_BROKEN
         error = f"upstream broke the stream: {describe(exc)}"
     except asyncio.CancelledError:
-        if tee is not None:
+        if record is not None:
+            tee = tee or record()
             tee.end(Outcome.INCOMPLETE, "the proxy stopped before the response ended")
         raise
     finally:
@@ -216,7 +223,8 @@ async def relay(
             except ConnectionError:
                 outcome = Outcome.CLIENT_GONE
     finally:  # the outcome as the client saw it, in the store as in the log
-        if tee is not None:
+        if record is not None:
+            tee = tee or record()
             tee.end(outcome, error)
             events = tee.recording.events
     return Relayed(response, outcome, events)

@@ -187,17 +187,19 @@ class Index:
             f"({near.method} {near.url}) differs: " + "; ".join(diffs)
         )
 
-    async def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
+    def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
         """A recording starts: it becomes this key's next recording (and counts as used by
-        the request that is making it)."""
-        if not use and cassette not in self._cassettes:
-            # record mode: nothing to count, no need to load the cassette now; a replay
-            # that loads it before the writer has committed the recording still finds it.
-            # Those committed are in the store: only the ones in flight are kept.
+        the request that is making it). Never waits: a cassette not loaded yet (record
+        mode) takes it when it loads; a loaded one that is stale merges it on reload."""
+        c = self._cassettes.get(cassette)
+        if c is None:
+            # Nothing to count (auto mode loaded the cassette to look for a recording), and
+            # no need to load it now; a replay that loads it before the writer has
+            # committed the recording still finds it. Those committed are in the store:
+            # only the ones in flight are kept.
             pending = [e for e in self._not_loaded[cassette] if not e.committed.is_set()]
             self._not_loaded[cassette] = [*pending, entry]
             return
-        c = await self._cassette(cassette)
         c.add(self._keyed(entry))
         if use:
             assert entry.key is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -131,22 +132,19 @@ async def _forward(
 ) -> web.StreamResponse:
     upstream = await send(services.upstream, wanted)
     head = response_head(upstream)
-    tee = None
+    record = None
     if ctl.mode is not Mode.PASSTHROUGH:
-        try:
-            tee = await _start_recording(services, ctl, stored, key, head, upstream, t0)
-        except BaseException:
-            upstream.close()
-            raise
-    source = "passthrough" if tee is None else "recorded"
-    relayed = await relay(request, upstream, head, source, tee)
+        ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
+        record = partial(_recording, services, ctl, stored, key, head, upstream, t0, ttfb)
+    source = "passthrough" if record is None else "recorded"
+    relayed = await relay(request, upstream, head, source, record)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
-    unit = "chunks" if tee is None else "events"  # passthrough frames nothing
+    unit = "chunks" if record is None else "events"  # passthrough frames nothing
     _log(ctl, stored, head.status, what, relayed.events, t0, unit)
     return relayed.response
 
 
-async def _start_recording(
+def _recording(
     services: Services,
     ctl: Control,
     stored: Request,
@@ -154,8 +152,9 @@ async def _start_recording(
     head: ResponseHead,
     upstream: aiohttp.ClientResponse,
     t0: float,
+    ttfb: float,
 ) -> Tee:
-    ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
+    """Start recording a response (the relay calls this once the first bytes are out)."""
     redacted = ResponseHead(head.status, services.redactor.redact_headers(head.headers))
     entry = Entry(stored, key, redacted, Outcome.RECORDING, ttfb_ms=ttfb)
 
@@ -171,9 +170,9 @@ async def _start_recording(
     def ended(outcome: Outcome) -> None:
         entry.outcome = outcome  # replayable now; replay waits for `committed`
 
-    # The entry joins the index and the recording begins with no await in between, so the
+    # The entry joins the index and the recording begins at once (neither waits), so the
     # index's order of identical requests is the store's recording order.
-    await services.index.add(ctl.cassette, entry, use=ctl.mode is Mode.AUTO)
+    services.index.add(ctl.cassette, entry, use=ctl.mode is Mode.AUTO)
     recording = services.recorder.begin(ctl.cassette, stored, redacted, ttfb, committed)
     framer = framer_for(upstream.headers.get("Content-Type"))
     return Tee(services.recorder, recording, framer, t0, ended)
