@@ -138,6 +138,7 @@ def is_loopback(host: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
+@functools.lru_cache(maxsize=256)  # asked for every request, of the same few addresses
 def is_own_address(host: str, port: int, local: tuple[str, int] | None, listen_host: str) -> bool:
     """Whether `host:port` is the address this proxy listens on: the address the request
     arrived on, the configured listening host, or loopback, on the listening port."""

@@ -8,6 +8,7 @@ through a `Tee` unless the mode is passthrough). One log line per interaction.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -189,18 +190,22 @@ def _log(
 ) -> None:
     """One line per interaction; the URL without its query (which may hold secrets)."""
     ms = (asyncio.get_running_loop().time() - t0) * 1000
-    url = urlsplit(stored.url)
     log.info(
-        "%s %s %s %s%s%s -> %d %s, %d %s, %.0f ms",
+        "%s %s %s %s -> %d %s, %d %s, %.0f ms",
         ctl.mode,
         ctl.cassette,
         stored.method,
-        url.hostname,
-        f":{url.port}" if url.port else "",
-        url.path,
+        _where(stored.url),
         status,
         what,
         events,
         unit,
         ms,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _where(url: str) -> str:
+    """Host, port and path: no credentials, no query."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
