@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .matching import MatchRules, closest, match_key
+from .matching import MatchRules, closest, key_inputs, match_key
 from .records import Outcome, Request, ResponseHead
 from .store import cassettes, queries
 
@@ -65,19 +65,24 @@ class Index:
         self._loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Recordings (record mode) of cassettes not loaded yet: they join when one loads.
         self._not_loaded: dict[str, list[Entry]] = defaultdict(list)
+        # The keys of the recordings held, by what the key is computed from (`key_inputs`).
+        self._keys: dict[tuple[object, ...], str] = {}
 
     def key(self, request: Request) -> str:
-        return match_key(request, self.rules)
+        known = self._keys.get(key_inputs(request, self.rules))
+        return known if known is not None else match_key(request, self.rules)
 
     def _keyed(self, entry: Entry) -> Entry:
         if entry.key is None:
             entry.key = self.key(entry.request)
+        self._keys[key_inputs(entry.request, self.rules)] = entry.key
         return entry
 
     def reset(self) -> None:
         """Start a new run: every counter back to zero, cassettes reloaded on next use. Only
         recordings still being written are carried over: the store has the rest (or they
         were deleted meanwhile)."""
+        self._keys.clear()  # the reloads fill it again
         for cassette in self._cassettes.values():
             cassette.used.clear()
             cassette.entries = [e for e in cassette.entries if not e.committed.is_set()]

@@ -85,6 +85,17 @@ def match_key(request: Request, rules: MatchRules) -> str:
     return digest.hexdigest()
 
 
+def key_inputs(request: Request, rules: MatchRules) -> tuple[object, ...]:
+    """What `match_key` reads of a request, as it was sent. Requests equal in these have the
+    same key (not the other way round), so a replay of a byte-identical request, the usual
+    case, can look its key up rather than parse and canonicalise its body again."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if rules.match_headers:
+        wanted = {name.lower() for name in rules.match_headers}
+        headers = tuple((n.lower(), v) for n, v in request.headers if n.lower() in wanted)
+    return request.method, request.url, headers, request.body
+
+
 def differences(wanted: Request, recorded: Request, rules: MatchRules) -> list[str]:
     """Short sentences naming what differs between two requests and both values.
 

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from proxy.matching import MAX_DIFFERENCES, MatchRules, closest, differences, match_key
+from proxy.matching import (
+    MAX_DIFFERENCES,
+    MatchRules,
+    closest,
+    differences,
+    key_inputs,
+    match_key,
+)
 from proxy.records import Request
 
 URL = "https://api.openai.com/v1/responses"
@@ -303,6 +310,8 @@ def test_different_key(
 ) -> None:
     assert match_key(wanted, rules) != match_key(recorded, rules)
     assert differences(wanted, recorded, rules) == [expected]
+    # The index looks a key up by these: requests with different keys must differ in them.
+    assert key_inputs(wanted, rules) != key_inputs(recorded, rules)
 
 
 def test_key_is_a_stable_sha256_hex() -> None:
