@@ -52,7 +52,7 @@ class MatchRules:
     """Query parameter names (as decoded, case-sensitive) left out of the key."""
 
 
-class _Canonical(NamedTuple):  # a tuple: made for every request replayed
+class _Canonical(NamedTuple):  # a tuple: made for every key computed
     method: str
     upstream: str
     path: str

@@ -11,7 +11,6 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
-from functools import partial
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -136,7 +135,7 @@ async def _forward(
     record = None
     if ctl.mode is not Mode.PASSTHROUGH:
         ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
-        record = partial(_recording, services, ctl, stored, key, head, upstream, t0, ttfb)
+        record = functools.partial(_recording, services, ctl, stored, key, head, upstream, t0, ttfb)
     source = "passthrough" if record is None else "recorded"
     relayed = await relay(request, upstream, head, source, record)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
