@@ -140,8 +140,11 @@ class Tee:
     t0: float  # loop time at the request's start
     on_end: Callable[[Outcome], None] | None = None
 
+    def __post_init__(self) -> None:
+        self._clock = asyncio.get_running_loop().time  # called for every chunk
+
     def _ms(self) -> float:
-        return round((asyncio.get_running_loop().time() - self.t0) * 1000, 3)
+        return round((self._clock() - self.t0) * 1000, 3)
 
     def feed(self, chunk: bytes) -> None:
         events = self.framer.feed(chunk)

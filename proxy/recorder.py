@@ -138,7 +138,10 @@ class Recorder:
         rec.size += size
         if not rec.dropped:
             pending = self._pending
-            pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
+            if len(events) == 1:  # the usual chunk: one event
+                pending.events.append((rec, seq, t_ms, events[0]))
+            else:
+                pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
             pending.size += size
             self._queued(len(events))
             if pending.size > self._max_pending:
