@@ -73,9 +73,10 @@ class Index:
         return known if known is not None else match_key(request, self.rules)
 
     def _keyed(self, entry: Entry) -> Entry:
+        inputs = key_inputs(entry.request, self.rules)
         if entry.key is None:
-            entry.key = self.key(entry.request)
-        self._keys[key_inputs(entry.request, self.rules)] = entry.key
+            entry.key = self._keys.get(inputs) or match_key(entry.request, self.rules)
+        self._keys[inputs] = entry.key
         return entry
 
     def reset(self) -> None:

@@ -74,12 +74,12 @@ class Bodies:
         self, cassette: str, interaction_id: int, body_size: int
     ) -> AsyncIterator[Page]:
         if body_size <= self._small:
-            yield await self.small(cassette, interaction_id, body_size)
+            yield await self.small_body(cassette, interaction_id, body_size)
             return
         async for page in _read_ahead(queries.events(self._engine, interaction_id, 1024)):
             yield page
 
-    async def small(self, cassette: str, interaction_id: int, body_size: int) -> Page:
+    async def small_body(self, cassette: str, interaction_id: int, body_size: int) -> Page:
         """A small body's events, from memory once its cassette's small bodies are read."""
         await self._preload(cassette)
         cached = self._cached.get(interaction_id)
@@ -192,7 +192,7 @@ async def _whole(
     """A small, complete recording answered in one write, head and body: length-delimited
     as recorded, or as one chunk when it was streamed (chunked framing is hop-by-hop)."""
     assert entry.interaction_id is not None
-    events = await bodies.small(cassette, entry.interaction_id, entry.body_size)
+    events = await bodies.small_body(cassette, entry.interaction_id, entry.body_size)
     response = web.Response(
         status=entry.head.status,
         body=b"".join(data for _, data in events),

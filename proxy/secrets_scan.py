@@ -68,12 +68,8 @@ def _text(data: bytes) -> str:
 
 def _headers(side: str, headers: Headers) -> Iterator[Finding]:
     for name, value in headers:
-        where = f"{side} header {name!r}"
-        found = list(scan_text(value))
-        if found:
-            yield from (Finding(where, kind, preview) for kind, preview in found)
-        elif name.lower() in DEFAULT_HEADERS and value not in ("", REDACTED):
-            yield Finding(where, "a credential header that is not redacted", _preview(value))
+        credential = name.lower() in DEFAULT_HEADERS
+        yield from _named(f"{side} header {name!r}", value, credential, "header")
 
 
 def _query(url: str) -> Iterator[Finding]:
@@ -81,12 +77,18 @@ def _query(url: str) -> Iterator[Finding]:
     if parts.password and parts.password != REDACTED:
         yield Finding("request URL", "a password", _preview(parts.password))
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        where = f"query parameter {name!r}"
-        found = list(scan_text(value))
-        if found:
-            yield from (Finding(where, kind, preview) for kind, preview in found)
-        elif name.lower() in DEFAULT_QUERY_PARAMS and value not in ("", REDACTED):
-            yield Finding(where, "a credential parameter that is not redacted", _preview(value))
+        credential = name.lower() in DEFAULT_QUERY_PARAMS
+        yield from _named(f"query parameter {name!r}", value, credential, "parameter")
+
+
+def _named(where: str, value: str, credential: bool, what: str) -> Iterator[Finding]:
+    """A header's or parameter's value: key-like strings in it, or, for one named like a
+    credential, any value that is not redacted."""
+    found = list(scan_text(value))
+    if found:
+        yield from (Finding(where, kind, preview) for kind, preview in found)
+    elif credential and value not in ("", REDACTED):
+        yield Finding(where, f"a credential {what} that is not redacted", _preview(value))
 
 
 def scan_request(request: Request) -> Iterator[Finding]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ EXAMPLE_JSONL = Path(__file__).resolve().parent / "data" / "openai-responses-hel
 
 StartUpstream = Callable[[web.Application], Awaitable[TestServer]]
 StartProxy = Callable[..., Awaitable[TestServer]]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def tcp_server(handler: Handler) -> AsyncIterator[str]:
+    """A raw TCP upstream on loopback for the block (for answers aiohttp would not send):
+    its `http://127.0.0.1:PORT` URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def close_quietly(writer: asyncio.StreamWriter) -> None:
+    """Close our side; the proxy may have reset the connection already."""
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except ConnectionError:
+        pass
 
 
 def example_events() -> list[dict[str, Any]]:

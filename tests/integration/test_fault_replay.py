@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import StartProxy, StartUpstream
+from tests.conftest import StartProxy, StartUpstream, close_quietly, tcp_server
 from tests.proc import eventually
 
 MIB = 2**20
@@ -161,23 +161,14 @@ class SilentUpstream:
         except (asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+            await close_quietly(writer)
 
 
 @asynccontextmanager
 async def silent_upstream(first: bytes = b"") -> AsyncIterator[SilentUpstream]:
     upstream = SilentUpstream(first)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with tcp_server(upstream.serve) as upstream.url:
         yield upstream
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def outcomes(db_path: Path) -> list[tuple[str, int]]:

@@ -23,7 +23,7 @@ import aiohttp
 import aiohttp.http_parser
 import pytest
 
-from tests.conftest import StartProxy
+from tests.conftest import StartProxy, close_quietly, tcp_server
 from tests.proc import run_cli
 
 MIB = 2**20
@@ -58,23 +58,14 @@ class RawUpstream:
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the proxy went away: nothing more to send
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+            await close_quietly(writer)
 
 
 @asynccontextmanager
 async def raw_upstream(writes: Sequence[bytes], pause: float = 0.0) -> AsyncIterator[RawUpstream]:
     upstream = RawUpstream(writes, pause)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with tcp_server(upstream.serve) as upstream.url:
         yield upstream
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def chunked(pieces: Sequence[bytes]) -> list[bytes]:
@@ -99,11 +90,7 @@ async def raw_exchange(port: int, request: bytes) -> bytes:
         await writer.drain()
         return await asyncio.wait_for(reader.read(), WAIT_S)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
+        await close_quietly(writer)
 
 
 def status_of(answer: bytes) -> int:

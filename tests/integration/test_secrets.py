@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from proxy.redact import DEFAULT_HEADERS
-from tests.conftest import StartProxy, StartUpstream
+from tests.conftest import StartProxy, StartUpstream, tcp_server
 
 EVENTS = [b"event: delta\ndata: hello\n\n", b"event: delta\ndata: world\n\n", b"data: [DONE]\n\n"]
 
@@ -134,18 +134,13 @@ async def test_a_malformed_upstream_answer_does_not_leak_the_query_key(
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(malformed, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     canary = "sk-canary-" + secrets.token_hex(8)
-    try:
-        proxy = await start_proxy(f"http://127.0.0.1:{port}")
+    async with tcp_server(malformed) as url:
+        proxy = await start_proxy(url)
         async with aiohttp.ClientSession() as client:
             async with client.post(proxy.make_url(f"/v1/x?key={canary}"), data=b"{}") as resp:
                 assert resp.status == 502
                 body = await resp.text()
-    finally:
-        server.close()
-        await server.wait_closed()
     assert "rrproxy_upstream_error" in body
     assert canary not in body
     assert canary not in caplog.text
