@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,7 +100,9 @@ class Recorder:
         self._thread: ThreadPoolExecutor | None = None
         self._thread_engine: Engine | None = None
         if is_sqlite(engine.url.render_as_string(hide_password=False)):
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="rrproxy-writer")
+            self._thread = ThreadPoolExecutor(
+                1, thread_name_prefix="rrproxy-writer", initializer=_give_way
+            )
             self._thread_engine = create_writer_thread_engine(
                 engine.url.render_as_string(hide_password=False)
             )
@@ -334,6 +339,17 @@ class Recorder:
                 listener(rec)
 
 
+WRITER_NICENESS = 19
+
+
+def _give_way() -> None:
+    """In the writer thread, on Linux: the lowest CPU priority (nice 19), so that the
+    relays, and the clients and upstreams sharing the machine, are never kept waiting by
+    a batch. A core that nothing else wants still writes at full speed."""
+    if sys.platform == "linux":  # elsewhere a thread id is not a `setpriority` target
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+
+
 def _write_in_thread(
     engine: Engine, batch: _Batch, known: dict[str, int]
 ) -> tuple[dict[str, int], dict[Recording, int]]:
@@ -376,6 +392,19 @@ _Row = tuple[int, int, float, bytes]
 """An event's row: interaction id, seq, t_ms, data."""
 _FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size")
 """The interaction's columns known once it has ended (`_final`)."""
+_COLUMNS = (
+    "cassette_id",
+    "method",
+    "url",
+    "request_headers",
+    "request_body",
+    "status",
+    "response_headers",
+    "started_at",
+    "ttfb_ms",
+    *_FINAL,
+)
+"""An interaction's columns but its id, in the order of `_interaction_row`."""
 
 
 class _Statements(Protocol):
@@ -384,12 +413,12 @@ class _Statements(Protocol):
     def cassette_id(self, name: str) -> int:
         """The cassette's id, created if it is new."""
 
-    def insert_interactions(self, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert interactions; their ids, in order."""
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert interactions (`_interaction_row`s); their ids, in order."""
 
     def insert_events(self, rows: list[_Row]) -> None: ...
 
-    def finish(self, ends: list[tuple[int | None, dict[str, Any]]]) -> None:
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         """Set the final columns (`_final`) of interactions inserted earlier, by id."""
 
 
@@ -406,21 +435,23 @@ class _CoreStatements:
         created = insert(Cassette).values(name=name, created_at=datetime.now(UTC))
         return self._conn.execute(created.returning(Cassette.id)).scalar_one()
 
-    def insert_interactions(self, rows: list[dict[str, Any]]) -> list[int]:
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
         statement = insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True)
-        return list(self._conn.execute(statement, rows).scalars().all())
+        values = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+        return list(self._conn.execute(statement, values).scalars().all())
 
     def insert_events(self, rows: list[_Row]) -> None:
         keys = ("interaction_id", "seq", "t_ms", "data")
         self._conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])
 
-    def finish(self, ends: list[tuple[int | None, dict[str, Any]]]) -> None:
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         statement = (
             update(Interaction)
             .where(Interaction.id == bindparam("b_id"))
             .values({c: bindparam(f"b_{c}") for c in _FINAL})
         )
-        rows = [{"b_id": id_, **{f"b_{c}": final[c] for c in _FINAL}} for id_, final in ends]
+        keys = [f"b_{c}" for c in _FINAL]
+        rows = [{"b_id": id_, **dict(zip(keys, final, strict=True))} for id_, final in ends]
         self._conn.execute(statement, rows)
 
 
@@ -437,14 +468,14 @@ class _SqliteStatements(_CoreStatements):
         self._db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
         self._interactions = _driver_insert(conn.dialect, Interaction.__table__)
 
-    def insert_interactions(self, rows: list[dict[str, Any]]) -> list[int]:
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
         # The writer holds the write lock (BEGIN IMMEDIATE), so the ids after the largest
         # are its to give: one executemany, where a RETURNING in order costs a statement
         # per row (SQLite does not promise the order of a multi-row RETURNING).
         (largest,) = self._db.execute("SELECT max(id) FROM interactions").fetchone()
         ids = list(range((largest or 0) + 1, (largest or 0) + 1 + len(rows)))
         sql, params = self._interactions
-        self._db.executemany(sql, [params({**r, "id": i}) for r, i in zip(rows, ids, strict=True)])
+        self._db.executemany(sql, [params(i, row) for i, row in zip(ids, rows, strict=True)])
         return ids
 
     def insert_events(self, rows: list[_Row]) -> None:
@@ -460,30 +491,33 @@ class _SqliteStatements(_CoreStatements):
         if rest := rows[full:]:
             self._db.execute(_events_insert(len(rest)), tuple(chain.from_iterable(rest)))
 
-    def finish(self, ends: list[tuple[int | None, dict[str, Any]]]) -> None:
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         sets = ", ".join(f"{c} = ?" for c in _FINAL)
         self._db.executemany(
-            f"UPDATE interactions SET {sets} WHERE id = ?",
-            [(*(final[c] for c in _FINAL), id_) for id_, final in ends],
+            f"UPDATE interactions SET {sets} WHERE id = ?", [(*final, id_) for id_, final in ends]
         )
 
 
 @functools.cache
 def _driver_insert(
     dialect: Dialect, table: Table
-) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
-    """An INSERT of every column of `table` in the driver's terms (qmark), and the function
-    that turns a row into its parameters through each column type's bind processor."""
-    names = [c.name for c in table.columns]
-    procs = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in table.columns]
-    marks = ", ".join(["?"] * len(names))
-    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
+) -> tuple[str, Callable[[int, tuple[Any, ...]], list[Any]]]:
+    """An INSERT of the id and `_COLUMNS` of `table` in the driver's terms (qmark), and the
+    function that turns an id and a row into its parameters through the column types' bind
+    processors (JSON, DateTime, LargeBinary), as Core would."""
+    names = ("id", *_COLUMNS)
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    procs = [
+        (i, proc)
+        for i, name in enumerate(names)
+        if (proc := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
 
-    def params(row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(
-            row[name] if proc is None else proc(row[name])
-            for name, proc in zip(names, procs, strict=True)
-        )
+    def params(id_: int, row: tuple[Any, ...]) -> list[Any]:
+        values = [id_, *row]
+        for i, proc in procs:
+            values[i] = proc(values[i])
+        return values
 
     return sql, params
 
@@ -498,38 +532,32 @@ _ROWS_PER_INSERT = 64  # 256 bound values, well under SQLite's limit (32,766 sin
 _INSERT_FULL = _events_insert(_ROWS_PER_INSERT)
 
 
-def _final(rec: Recording) -> dict[str, Any]:
+def _final(rec: Recording) -> tuple[Any, ...]:
+    """The `_FINAL` columns' values."""
     outcome, error = rec.outcome, rec.error
     if rec.dropped:
         outcome = Outcome.INCOMPLETE
         reason = "events were dropped while the store could not be written"
         error = f"{reason}; {error}" if error else reason
-    return {
-        "outcome": outcome.value,
-        "error": error,
-        "duration_ms": rec.duration_ms,
-        "event_count": rec.events,
-        "body_size": rec.size,
-    }
+    return (outcome.value, error, rec.duration_ms, rec.events, rec.size)
 
 
-def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "cassette_id": cassette_id,
-        "method": rec.request.method,
-        "url": rec.request.url,
-        "request_headers": [list(h) for h in rec.request.headers],
-        "request_body": rec.request.body,
-        "status": rec.head.status,
-        "response_headers": [list(h) for h in rec.head.headers],
-        "started_at": rec.started_at,
-        "ttfb_ms": rec.ttfb_ms,
-        "outcome": Outcome.RECORDING.value,
-        "error": None,
-        "duration_ms": None,
-        "event_count": 0,
-        "body_size": 0,
-    }
-    if ended:
-        row.update(_final(rec))
-    return row
+_OPEN = (Outcome.RECORDING.value, None, None, 0, 0)
+"""The `_FINAL` columns of an interaction still being recorded."""
+
+
+def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any, ...]:
+    """The `_COLUMNS` values of a new interaction (header pairs are stored as JSON arrays)."""
+    request, head = rec.request, rec.head
+    return (
+        cassette_id,
+        request.method,
+        request.url,
+        request.headers,
+        request.body,
+        head.status,
+        head.headers,
+        rec.started_at,
+        rec.ttfb_ms,
+        *(_final(rec) if ended else _OPEN),
+    )

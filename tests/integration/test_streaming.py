@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
+import threading
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.conftest import StartProxy, StartUpstream
@@ -120,3 +124,30 @@ async def test_a_long_recording_moves_from_the_wal_into_the_database_file_once_i
                 3000,
                 3000 * len(event),
             )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+async def test_the_store_is_written_at_the_lowest_cpu_priority(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    """The writer thread gives way (nice 19): a batch never takes a core from a relay."""
+
+    async def stream(request: web.Request) -> web.Response:
+        return web.Response(text="data: 1\n\n", content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/v1/stream", stream)
+    proxy = await start_proxy(await start_upstream(app), mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            assert await resp.read() == b"data: 1\n\n"
+    for _ in range(500):  # bounded: 10 s
+        with sqlite3.connect(db_path) as db:
+            if db.execute("SELECT count(*) FROM interactions").fetchone() == (1,):
+                break
+        await asyncio.sleep(0.02)
+    writers = [t for t in threading.enumerate() if t.name.startswith("rrproxy-writer")]
+    assert writers, "no writer thread"
+    for thread in writers:
+        assert thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
