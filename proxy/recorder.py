@@ -24,7 +24,7 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -466,30 +466,33 @@ class _SqliteStatements(_CoreStatements):
     def __init__(self, conn: Connection):
         super().__init__(conn)
         self._db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
-        self._interactions = _driver_insert(conn.dialect, Interaction.__table__)
+        self._interaction_params = _bind_processed(conn.dialect, Interaction.__table__)
 
     def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
         # The writer holds the write lock (BEGIN IMMEDIATE), so the ids after the largest
-        # are its to give: one executemany, where a RETURNING in order costs a statement
+        # are its to give: multi-row INSERTs, where a RETURNING in order costs a statement
         # per row (SQLite does not promise the order of a multi-row RETURNING).
         (largest,) = self._db.execute("SELECT max(id) FROM interactions").fetchone()
-        ids = list(range((largest or 0) + 1, (largest or 0) + 1 + len(rows)))
-        sql, params = self._interactions
-        self._db.executemany(sql, [params(i, row) for i, row in zip(ids, rows, strict=True)])
-        return ids
+        ids = range((largest or 0) + 1, (largest or 0) + 1 + len(rows))
+        params = self._interaction_params
+        self._insert("interactions", _INTERACTION_COLUMNS, list(map(params, ids, rows)))
+        return list(ids)
 
     def insert_events(self, rows: list[_Row]) -> None:
-        # The hottest statement: multi-row INSERTs, 64 rows each. A statement step releases
-        # the GIL and has to win it back from the relays: one step per 64 rows rather than
-        # per row keeps the writer from queueing behind the event loop thousands of times
-        # per stream.
-        n = _ROWS_PER_INSERT
+        self._insert("events", _EVENT_COLUMNS, rows)
+
+    def _insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
+        """Multi-row INSERTs: a statement's step releases the GIL and has to win it back
+        from the relays, so one step per many rows (`_rows_per_insert`) rather than per row
+        keeps the writer from queueing behind the event loop row after row."""
+        n = _rows_per_insert(len(columns))
         full = len(rows) - len(rows) % n
         if full:
             chunks = [tuple(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
-            self._db.executemany(_INSERT_FULL, chunks)
+            self._db.executemany(_multi_row_insert(table, columns, n), chunks)
         if rest := rows[full:]:
-            self._db.execute(_events_insert(len(rest)), tuple(chain.from_iterable(rest)))
+            sql = _multi_row_insert(table, columns, len(rest))
+            self._db.execute(sql, tuple(chain.from_iterable(rest)))
 
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         sets = ", ".join(f"{c} = ?" for c in _FINAL)
@@ -498,18 +501,18 @@ class _SqliteStatements(_CoreStatements):
         )
 
 
+_INTERACTION_COLUMNS = ("id", *_COLUMNS)
+_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
+
+
 @functools.cache
-def _driver_insert(
-    dialect: Dialect, table: Table
-) -> tuple[str, Callable[[int, tuple[Any, ...]], list[Any]]]:
-    """An INSERT of the id and `_COLUMNS` of `table` in the driver's terms (qmark), and the
-    function that turns an id and a row into its parameters through the column types' bind
-    processors (JSON, DateTime, LargeBinary), as Core would."""
-    names = ("id", *_COLUMNS)
-    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+def _bind_processed(dialect: Dialect, table: Table) -> Callable[[int, tuple[Any, ...]], list[Any]]:
+    """The function that turns an id and a row of `_COLUMNS` into the driver's parameters
+    through the column types' bind processors (JSON, DateTime, LargeBinary), as Core
+    would."""
     procs = [
         (i, proc)
-        for i, name in enumerate(names)
+        for i, name in enumerate(_INTERACTION_COLUMNS)
         if (proc := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
 
@@ -519,17 +522,19 @@ def _driver_insert(
             values[i] = proc(values[i])
         return values
 
-    return sql, params
+    return params
 
 
-def _events_insert(rows: int) -> str:
-    return "INSERT INTO events (interaction_id, seq, t_ms, data) VALUES " + ", ".join(
-        ["(?, ?, ?, ?)"] * rows
-    )
+def _rows_per_insert(columns: int) -> int:
+    """At most 64 rows to a statement, and fewer than 999 bound values (SQLite's limit
+    before 3.32)."""
+    return min(64, 999 // columns)
 
 
-_ROWS_PER_INSERT = 64  # 256 bound values, well under SQLite's limit (32,766 since 3.32)
-_INSERT_FULL = _events_insert(_ROWS_PER_INSERT)
+@functools.cache
+def _multi_row_insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    row = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
 
 
 def _final(rec: Recording) -> tuple[Any, ...]:
