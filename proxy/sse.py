@@ -99,6 +99,12 @@ class SSEFramer(_Buffered):
         if not chunk:
             return []
         if self._head is None:
+            if not self._pieces and self._line_empty and not self._cr:
+                # The usual chunk, at a line's start: one whole event with LF line ends, its
+                # first blank line at its end (an LF first would be a blank line too).
+                end = chunk.find(b"\n\n")
+                if end > 0 and end == len(chunk) - 2 and chunk[0] != 10 and b"\r" not in chunk:
+                    return [chunk]
             return self._scan(chunk, 0)
         # A line holding only the leading BOM is blank; the BOM stays in the event's bytes.
         chunk = self._head + chunk

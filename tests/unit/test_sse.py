@@ -40,7 +40,8 @@ def assert_frames(
     make: Callable[[], Framer], body: bytes, expected: list[bytes], *, per_byte: bool = True
 ) -> None:
     assert b"".join(expected) == body  # the table itself must be right
-    for chunks in chunkings(body, per_byte=per_byte):
+    # ... and the relay's usual chunking: each event in a chunk of its own
+    for chunks in [expected, *chunkings(body, per_byte=per_byte)]:
         events = frame(make(), chunks)
         assert events == expected, [len(c) for c in chunks]
         assert b"".join(events) == body
@@ -260,3 +261,16 @@ def test_spill_gives_up_the_open_event_and_the_body_stays_whole(framer: Framer) 
     assert framer.spill() == body
     assert framer.buffered == 0
     assert framer.feed(b"...\n\n") + framer.close() in ([b"...\n\n"], [b"...\n", b"\n"])
+
+
+def test_after_a_spill_mid_line_an_lf_first_ends_that_line() -> None:
+    framer = SSEFramer()
+    assert framer.feed(b"data: " + b"x" * 100) == []
+    assert framer.spill() == b"data: " + b"x" * 100
+    # The line goes on: "\n\n" ends it and the event, and then an LF is a blank line.
+    assert framer.feed(b"yz\n\n") == [b"yz\n\n"]
+    assert framer.feed(b"\ndata: a\n\n") == [b"\n", b"data: a\n\n"]
+    # Still mid-line after a spill: an LF first only ends the line.
+    assert framer.feed(b"data: b") == []
+    assert framer.spill() == b"data: b"
+    assert framer.feed(b"\nc\n\n") == [b"\nc\n\n"]
