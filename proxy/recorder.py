@@ -345,9 +345,13 @@ WRITER_NICENESS = 19
 def _give_way() -> None:
     """In the writer thread, on Linux: the lowest CPU priority (nice 19), so that the
     relays, and the clients and upstreams sharing the machine, are never kept waiting by
-    a batch. A core that nothing else wants still writes at full speed."""
+    a batch. A core that nothing else wants still writes at full speed. Where the system
+    refuses, the writer writes at the process's priority: it must not fail over this."""
     if sys.platform == "linux":  # elsewhere a thread id is not a `setpriority` target
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+        except OSError as exc:
+            log.debug("the writer thread keeps the process's CPU priority: %s", exc)
 
 
 def _write_in_thread(

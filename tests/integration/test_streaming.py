@@ -126,12 +126,7 @@ async def test_a_long_recording_moves_from_the_wal_into_the_database_file_once_i
             )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
-async def test_the_store_is_written_at_the_lowest_cpu_priority(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
-) -> None:
-    """The writer thread gives way (nice 19): a batch never takes a core from a relay."""
-
+async def _record_one(start_upstream: StartUpstream, start_proxy: StartProxy, db: Path) -> None:
     async def stream(request: web.Request) -> web.Response:
         return web.Response(text="data: 1\n\n", content_type="text/event-stream")
 
@@ -142,12 +137,34 @@ async def test_the_store_is_written_at_the_lowest_cpu_priority(
         async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
             assert await resp.read() == b"data: 1\n\n"
     for _ in range(500):  # bounded: 10 s
-        with sqlite3.connect(db_path) as db:
-            if db.execute("SELECT count(*) FROM interactions").fetchone() == (1,):
-                break
+        with sqlite3.connect(db) as conn:
+            if conn.execute("SELECT count(*) FROM events").fetchone() == (1,):
+                return
         await asyncio.sleep(0.02)
+    raise AssertionError("the recording did not reach the store")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux's")
+async def test_the_store_is_written_at_the_lowest_cpu_priority(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    """The writer thread gives way (nice 19): a batch never takes a core from a relay."""
+    await _record_one(start_upstream, start_proxy, db_path)
     writers = [t for t in threading.enumerate() if t.name.startswith("rrproxy-writer")]
     assert writers, "no writer thread"
     for thread in writers:
         assert thread.native_id is not None
         assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
+
+
+async def test_a_system_refusing_the_lower_priority_still_gets_its_recordings(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse, raising=False)
+    await _record_one(start_upstream, start_proxy, db_path)
