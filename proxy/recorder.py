@@ -530,8 +530,8 @@ def _bind_processed(dialect: Dialect, table: Table) -> Callable[[int, tuple[Any,
 
 
 def _rows_per_insert(columns: int) -> int:
-    """At most 64 rows to a statement, and fewer than 999 bound values (SQLite's limit
-    before 3.32)."""
+    """At most 64 rows to a statement, and at most 999 bound values (SQLite's limit before
+    3.32)."""
     return min(64, 999 // columns)
 
 
