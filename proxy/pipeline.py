@@ -155,7 +155,7 @@ def _recording(
     ttfb: float,
 ) -> Tee:
     """Start recording a response (the relay calls this once the first bytes are out)."""
-    redacted = ResponseHead(head.status, services.redactor.redact_headers(head.headers))
+    redacted = services.redactor.head(head)
     entry = Entry(stored, key, redacted, Outcome.RECORDING, ttfb_ms=ttfb)
 
     def committed(rec: Recording) -> None:

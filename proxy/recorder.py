@@ -409,6 +409,10 @@ _COLUMNS = (
     *_FINAL,
 )
 """An interaction's columns but its id, in the order of `_interaction_row`."""
+_INTERACTION_COLUMNS = ("id", *_COLUMNS)
+_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
+"""An event's columns, in the order of `_Row`."""
+_FINISH = f"UPDATE interactions SET {', '.join(f'{c} = ?' for c in _FINAL)} WHERE id = ?"
 
 
 class _Statements(Protocol):
@@ -445,8 +449,8 @@ class _CoreStatements:
         return list(self._conn.execute(statement, values).scalars().all())
 
     def insert_events(self, rows: list[_Row]) -> None:
-        keys = ("interaction_id", "seq", "t_ms", "data")
-        self._conn.execute(insert(Event), [dict(zip(keys, row, strict=True)) for row in rows])
+        values = [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
+        self._conn.execute(insert(Event), values)
 
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         statement = (
@@ -499,14 +503,7 @@ class _SqliteStatements(_CoreStatements):
             self._db.execute(sql, tuple(chain.from_iterable(rest)))
 
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
-        sets = ", ".join(f"{c} = ?" for c in _FINAL)
-        self._db.executemany(
-            f"UPDATE interactions SET {sets} WHERE id = ?", [(*final, id_) for id_, final in ends]
-        )
-
-
-_INTERACTION_COLUMNS = ("id", *_COLUMNS)
-_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
+        self._db.executemany(_FINISH, [(*final, id_) for id_, final in ends])
 
 
 @functools.cache

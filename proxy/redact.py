@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from proxy.records import Headers, Request
+from proxy.records import Headers, Request, ResponseHead
 
 REDACTED = "[REDACTED]"
 
@@ -62,6 +62,10 @@ class Redactor:
             self.redact_headers(request.headers),
             request.body,
         )
+
+    def head(self, head: ResponseHead) -> ResponseHead:
+        """The response head with its headers redacted."""
+        return ResponseHead(head.status, self.redact_headers(head.headers))
 
     def _redact_param(self, part: str) -> str:
         name, equals, _value = part.partition("=")

@@ -177,10 +177,9 @@ async def replay(
 async def _bodiless(request: web.Request, entry: Entry) -> web.StreamResponse:
     """A response without a body (to HEAD; 204, 304): its Content-Length, if any, is the
     recorded one (what a GET would have had)."""
-    response = web.StreamResponse(status=entry.head.status)
-    for name, value in end_to_end(entry.head.headers):
-        response.headers.add(name, value)
-    response.headers["Rrproxy-Source"] = "replayed"
+    response = web.StreamResponse(
+        status=entry.head.status, headers=CIMultiDict(_replayed(entry.head, frozenset()))
+    )
     await response.prepare(request)
     await response.write_eof()
     return response
@@ -208,11 +207,11 @@ async def _whole(
     return response, len(events)
 
 
-@functools.lru_cache(maxsize=1024)
-def _replayed(head: ResponseHead) -> Headers:
-    """The headers a replay sends: the recorded end-to-end ones, Content-Length left to the
-    replay, and where the answer came from."""
-    return (*end_to_end(head.headers, drop=_LENGTH), ("Rrproxy-Source", "replayed"))
-
-
 _LENGTH = frozenset({"content-length"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _replayed(head: ResponseHead, drop: frozenset[str] = _LENGTH) -> Headers:
+    """The headers a replay sends: the recorded end-to-end ones but `drop` (by default
+    Content-Length, left to the replay), and where the answer came from."""
+    return (*end_to_end(head.headers, drop=drop), ("Rrproxy-Source", "replayed"))

@@ -383,7 +383,7 @@ def _redacted(rec: Recorded, redactor: Redactor) -> Recorded:
     return replace(
         rec,
         request=redactor.request(rec.request),
-        response=ResponseHead(rec.response.status, redactor.redact_headers(rec.response.headers)),
+        response=redactor.head(rec.response),
     )
 
 
