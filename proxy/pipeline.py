@@ -90,6 +90,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     if entry is not None and not entry.committed.is_set():
         # A recording of this very run is replayable once its last batch is in the store,
         # unless its events had to be dropped meanwhile (the store was failing).
+        services.recorder.hurry()
         try:
             await asyncio.wait_for(entry.committed.wait(), COMMIT_WAIT_S)
         except TimeoutError:

@@ -3,10 +3,12 @@
 Relaying never waits on the database. `begin`, `events` and `end` only append to in-memory
 lists; one task (`run`) owns every write, taking whatever has piled up and writing it in
 one transaction with a few statements (datasette's write thread, as an asyncio task).
-It commits at most once per `_LINGER_S` (10 ms): a transaction costs far more than a row,
-so batches stay few under any load, and a killed process loses only the last few
-milliseconds. When it has nothing to write it checkpoints SQLite's WAL, which SQLite
-would otherwise do inside a commit, in the middle of a stream.
+It lets writes gather for up to `_LINGER_S` (50 ms) before a batch: a transaction costs far
+more than a row, so batches stay few under any load, and a killed process loses only the
+last tens of milliseconds. It writes at once when someone waits for the store (`flush`, a
+replay of a recording still being written: `hurry`) or a batch reaches `_BATCH_BYTES`.
+When it has nothing to write it checkpoints SQLite's WAL, which SQLite would otherwise do
+inside a commit, in the middle of a stream.
 
 Memory stays bounded. Should a healthy store fall behind a very fast stream by more than
 `high_water` bytes, `room()` holds the relay until the writer has taken the backlog (real
@@ -18,6 +20,7 @@ dropped and their interactions marked incomplete, with the reason, once the stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -43,7 +46,9 @@ log = logging.getLogger(__name__)
 _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
 _MAX_HOLD_S = 0.5
-_LINGER_S = 0.01
+_LINGER_S = 0.05
+_BATCH_BYTES = 2**20
+"""A batch this big is written without lingering."""
 _CHECKPOINT_BYTES = 4 * 2**20
 
 
@@ -109,7 +114,8 @@ class Recorder:
         self._high_water = high_water
         self._max_pending = max_pending_bytes
         self._pending = _Batch()
-        self._wakeup = asyncio.Event()
+        self._wakeup = asyncio.Event()  # something to write
+        self._hurry = asyncio.Event()  # ... and someone waiting for it, or a batch's worth
         self._closing = False
         self._cassette_ids: dict[str, int] = {}
         self._failing_since: float | None = None
@@ -149,6 +155,8 @@ class Recorder:
                 pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
             pending.size += size
             self._queued(len(events))
+            if pending.size > _BATCH_BYTES:
+                self._hurry.set()
             if pending.size > self._max_pending:
                 self._shed()
 
@@ -228,12 +236,8 @@ class Recorder:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
-            if not self._closing and self._pending.size <= self._high_water:
-                # Before every batch: let the relays run first (the first bytes of a stream
-                # go to the client, not into a contest with the writer), and let writes
-                # group. A transaction costs far more than a row: a batch every _LINGER_S
-                # keeps the writer's share of the process small under any load.
-                await asyncio.sleep(_LINGER_S)
+            if not self._closing:
+                await self._linger()
             batch, self._pending = self._pending, _Batch()
             async with self._progress:
                 self._progress.notify_all()  # room() waiters: the backlog was taken
@@ -274,6 +278,17 @@ class Recorder:
                 self._failing_since = None
             self._committed(batch)
 
+    async def _linger(self) -> None:
+        """Before a batch: let the relays run first (the first bytes of a stream go to the
+        client, not into a contest with the writer), and let writes gather, for up to
+        `_LINGER_S` or until someone waits for them (`hurry`). A transaction costs far more
+        than a row: few, large batches keep the writer's share of the machine small."""
+        if not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LINGER_S):
+                    await self._hurry.wait()
+        self._hurry.clear()
+
     async def _checkpoint(self) -> None:
         """Idle, with a long WAL behind us: move it into the database file now, between
         streams (SQLite's own checkpoints, inside a commit, are pushed far out)."""
@@ -296,9 +311,16 @@ class Recorder:
         )
         return True
 
+    def hurry(self) -> None:
+        """Someone waits for what is queued (a replay of a recording still being written):
+        write it now, not after the linger."""
+        self._hurry.set()
+
     async def flush(self) -> None:
         """Wait until everything queued so far is in the store."""
         target = self._pushed
+        if self._written < target:
+            self._hurry.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target)
 
@@ -306,6 +328,7 @@ class Recorder:
         """Ask the writer to write what is pending and stop: `run` returns when it has."""
         self._closing = True
         self._wakeup.set()
+        self._hurry.set()
         async with self._progress:
             self._progress.notify_all()
 

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy import recorder
 from tests.conftest import StartProxy, StartUpstream
 
 
@@ -168,3 +169,108 @@ async def test_a_system_refusing_the_lower_priority_still_gets_its_recordings(
 
     monkeypatch.setattr(os, "setpriority", refuse, raising=False)
     await _record_one(start_upstream, start_proxy, db_path)
+
+
+# The writer lets writes gather before a batch; these hold it at an hour, so that each
+# passes only if the store is written at once when it must be.
+_HOUR = 3600.0
+
+
+async def _events_in(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(n)
+
+
+def _three_events() -> web.Application:
+    async def stream(request: web.Request) -> web.Response:
+        body = "".join(f"data: {request.query.get('n', '0')}.{i}\n\n" for i in range(3))
+        return web.Response(text=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/v1/stream", stream)
+    return app
+
+
+async def test_listing_the_cassettes_writes_what_is_pending_without_waiting_for_a_batch(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
+    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            assert resp.status == 200
+            await resp.read()
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")) as resp:
+            assert resp.status == 200, await resp.text()
+            [listed] = (await resp.json())["cassettes"]
+    assert (listed["interactions"], listed["events"]) == (1, 3)
+    assert await _events_in(db_path) == 3
+
+
+async def test_a_replay_of_a_recording_just_made_does_not_wait_for_a_batch(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
+    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    url = proxy.make_url("/v1/stream?n=7")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(url, json={"q": 1}) as resp:
+            recorded = await resp.read()
+        replay = {"Rrproxy-Mode": "replay"}
+        async with client.post(url, json={"q": 1}, headers=replay) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["Rrproxy-Source"] == "replayed"
+            assert await resp.read() == recorded == b"data: 7.0\n\ndata: 7.1\n\ndata: 7.2\n\n"
+
+
+async def test_a_batch_worth_of_events_is_written_without_anyone_asking(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fast stream does not pile up in memory for the whole linger."""
+    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
+    event = b"data: " + b"x" * 4000 + b"\n\n"
+    count = 2 * recorder._BATCH_BYTES // len(event)
+    app = web.Application()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(count):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    app.router.add_post("/v1/stream", stream)
+    proxy = await start_proxy(await start_upstream(app), mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            assert len(await resp.read()) == count * len(event)
+        for _ in range(500):  # bounded: 10 s
+            if await _events_in(db_path) >= recorder._BATCH_BYTES // len(event):
+                break
+            await asyncio.sleep(0.02)
+    assert await _events_in(db_path) >= recorder._BATCH_BYTES // len(event)
+
+
+async def test_stopping_the_proxy_writes_what_is_pending_at_once(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
+    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
+            await resp.read()
+    await asyncio.wait_for(proxy.close(), timeout=10)
+    assert await _events_in(db_path) == 3
