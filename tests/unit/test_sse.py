@@ -87,6 +87,17 @@ SSE_CASES = [
     pytest.param(b"\n\n" + BOM + b"\n\n", [b"\n", b"\n", BOM + b"\n\n"], id="late-bom-is-content"),
     pytest.param(b"\n\ndata: a\n\n\n", [b"\n", b"\n", b"data: a\n\n", b"\n"], id="extra-blanks"),
     pytest.param(b"data: a\n \n\n", [b"data: a\n \n\n"], id="space-line-not-blank"),
+    # after a first event: a chunk that starts at the second is at a line start
+    pytest.param(
+        b"data: 0\n\ndata: a\n\n\ndata: b\n\n",
+        [b"data: 0\n\n", b"data: a\n\n", b"\n", b"data: b\n\n"],
+        id="blank-between",
+    ),
+    pytest.param(
+        b"data: 0\n\ndata: a\r\rdata: b\n\n",
+        [b"data: 0\n\n", b"data: a\r\r", b"data: b\n\n"],
+        id="cr-then-lf",
+    ),
     pytest.param(b"data: a\n\ndata: b\n", [b"data: a\n\n", b"data: b\n"], id="no-blank-at-close"),
     pytest.param(b"data: a\n\ndata: b", [b"data: a\n\n", b"data: b"], id="no-eol-at-close"),
     pytest.param(
