@@ -2,6 +2,11 @@
 
 `create_app(settings)` builds it; the store (migrated at start), the recorder's writer task
 and the upstream client are created and closed by `cleanup_ctx` generators, in that order.
+
+Serve it as `rrproxy serve` does, with aiohttp's default `handler_cancellation=False`
+(`web.run_app`, `web.AppRunner`): a client that hangs up mid-stream then does not stop the
+upstream response from being read to its end and recorded. A server that cancels handlers
+(aiohttp's `TestServer`) ends such a recording at the hang-up, as incomplete.
 """
 
 from __future__ import annotations
@@ -77,7 +82,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await app[SERVICES].settle(settings.shutdown_timeout)
             await upstream.close()
             await recorder.close()
             await writer_task

@@ -255,9 +255,8 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            # Streams still being recorded finish first (this context closes before the
-            # store's), so that their files are written too.
-            await services.settle(settings.shutdown_timeout)
+            # The server has let running streams finish (or cancelled them) by now; this
+            # context closes before the store's, so that their files are written too.
             try:
                 await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
             except TimeoutError:

@@ -135,6 +135,7 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
             port=settings.port,
             shutdown_timeout=settings.shutdown_timeout,
             access_log=None,  # our own line per interaction; it never shows a query's secrets
+            handler_cancellation=False,  # a client hanging up leaves its recording to finish
             print=listening,
         )
     except OSError as exc:

@@ -4,7 +4,8 @@ Each chunk is written to the client the moment it arrives; when a `Tee` is given
 chunk is also split into events and handed to the recorder, which takes them without
 waiting (only a healthy store more than its high-water mark behind makes the relay wait).
 A client that hangs up stops the writing, not the reading: the upstream response is still
-read to its end and recorded, since its tokens were paid for.
+read to its end and recorded, since its tokens were paid for (the server does not cancel
+the handler when its client hangs up: see `proxy.app`).
 """
 
 from __future__ import annotations

@@ -117,9 +117,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         _log(ctl, stored, response.status, "replayed", events, t0)
         return response
 
-    # Shielded: a client that hangs up (or a server that cancels its handler) does not stop
-    # the upstream response from being read to its end and recorded.
-    return await services.shielded(_forward(request, services, ctl, wanted, stored, key, t0))
+    return await _forward(request, services, ctl, wanted, stored, key, t0)
 
 
 async def _forward(

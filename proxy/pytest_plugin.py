@@ -148,7 +148,10 @@ class ProxyThread:
         app = create_app(self.settings)
         app.on_response_prepare.append(self._on_prepare)
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout
+            app,
+            access_log=None,
+            handler_cancellation=False,  # as `rrproxy serve`: see `proxy.app`
+            shutdown_timeout=self.settings.shutdown_timeout,
         )
         try:
             await runner.setup()  # the store migrated, the cassette directory loaded

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web import AppRunner
 
 from proxy.app import create_app
 from proxy.config import KEYS_BY_NAME, load_settings
@@ -90,9 +91,33 @@ async def start_upstream(
     return start
 
 
+class ProxyServer(TestServer):
+    """The proxy app served as `rrproxy serve` serves it: a client that hangs up does not
+    cancel its handler (aiohttp's default, which its `TestServer` turns around)."""
+
+    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+
+
+@pytest.fixture
+async def serve_proxy() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
+    """Serve a proxy app on 127.0.0.1 (`port`: a given one) until the test ends."""
+    servers: list[TestServer] = []
+
+    async def serve(app: web.Application, port: int | None = None) -> TestServer:
+        server = ProxyServer(app, host="127.0.0.1", port=port)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in reversed(servers):
+        await server.close()
+
+
 @pytest.fixture
 async def start_proxy(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], db_path: Path
+    serve_proxy: Callable[..., Awaitable[TestServer]], db_path: Path
 ) -> AsyncIterator[StartProxy]:
     """Start the proxy app in-process on a real port. Keyword arguments are config keys
     (parsed as the CLI parses them) or Settings fields (objects such as MatchRules)."""
@@ -103,6 +128,6 @@ async def start_proxy(
         objects = {k: v for k, v in overrides.items() if k not in KEYS_BY_NAME}
         settings = load_settings(environ={}, flags={"upstream": url, "db": str(db_path), **flags})
         settings = replace(settings, **objects)
-        return await aiohttp_server(create_app(settings), host="127.0.0.1")
+        return await serve_proxy(create_app(settings))
 
     yield start

@@ -125,13 +125,13 @@ async def test_requests_aimed_at_the_proxy_itself_are_refused(
 
 
 async def test_an_upstream_pointing_at_the_proxy_is_refused(
-    aiohttp_server: Any, db_path: Path
+    serve_proxy: Any, db_path: Path
 ) -> None:
     port = free_port()
     settings = load_settings(
         environ={}, flags={"upstream": f"http://localhost:{port}", "db": str(db_path)}
     )
-    proxy = await aiohttp_server(create_app(settings), host="127.0.0.1", port=port)
+    proxy = await serve_proxy(create_app(settings), port=port)
     async with aiohttp.ClientSession() as client:
         async with client.get(proxy.make_url("/v1/models")) as resp:
             assert resp.status == 403

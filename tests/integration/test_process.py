@@ -156,6 +156,33 @@ async def test_sigterm_lets_the_stream_in_flight_finish(
     assert events == [(i, tick(i)) for i in range(N_EVENTS)]
 
 
+ENDED = "SELECT outcome, event_count FROM interactions WHERE outcome != 'recording'"
+
+
+async def test_a_client_hanging_up_leaves_the_stream_to_be_recorded_to_its_end(
+    start_upstream: StartUpstream, tmp_path: Path, db_path: Path
+) -> None:
+    """The command's server does not cancel a handler whose client left."""
+    hold = asyncio.Event()
+    upstream = await start_upstream(stream_upstream(hold, first_held=2))
+    target = str(upstream.make_url("")).rstrip("/")
+    try:
+        async with serving(
+            "--db", str(db_path), "--upstream", target, "--mode", "record", cwd=tmp_path
+        ) as proxy:
+            async with aiohttp.ClientSession() as client:
+                resp = await client.post(proxy.url("/v1/stream"), json={"q": 1})
+                assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == tick(0)
+                resp.close()  # hang up, two events in
+            hold.set()
+            ended = await eventually(lambda: read_db(db_path, ENDED) or None)
+    finally:
+        hold.set()
+    assert ended == [("client_gone", N_EVENTS)]
+    events = read_db(db_path, "SELECT seq, data FROM events ORDER BY seq")
+    assert events == [(i, tick(i)) for i in range(N_EVENTS)]
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
