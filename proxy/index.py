@@ -57,6 +57,10 @@ class Miss:
     message: str
 
 
+_PRUNE_AT_LEAST = 256
+"""Entries of a cassette not loaded yet, before the committed ones are pruned."""
+
+
 class Index:
     def __init__(self, engine: AsyncEngine, rules: MatchRules):
         self._engine = engine
@@ -64,7 +68,9 @@ class Index:
         self._cassettes: dict[str, _Cassette] = {}
         self._loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Recordings (record mode) of cassettes not loaded yet: they join when one loads.
+        # Those committed meanwhile are in the store: they are pruned as the list doubles.
         self._not_loaded: dict[str, list[Entry]] = defaultdict(list)
+        self._prune_at: dict[str, int] = {}
         # The keys of the recordings held, by what the key is computed from (`key_inputs`).
         self._keys: dict[tuple[object, ...], str] = {}
 
@@ -106,6 +112,7 @@ class Index:
         # This process's entries, taken after the read: one whose recording is still being
         # written has no id yet (its row, if read, says "recording" and is left out).
         own = [*(previous.entries if previous else ()), *self._not_loaded.pop(name, ())]
+        self._prune_at.pop(name, None)
         mine = {e.interaction_id: e for e in own if e.interaction_id is not None}
         in_flight = [e for e in own if e.interaction_id is None]
         merged: list[Entry] = []
@@ -201,10 +208,12 @@ class Index:
         if c is None:
             # Nothing to count (auto mode loaded the cassette to look for a recording), and
             # no need to load it now; a replay that loads it before the writer has
-            # committed the recording still finds it. Those committed are in the store:
-            # only the ones in flight are kept.
-            pending = [e for e in self._not_loaded[cassette] if not e.committed.is_set()]
-            self._not_loaded[cassette] = [*pending, entry]
+            # committed the recording still finds it.
+            entries = self._not_loaded[cassette]
+            entries.append(entry)
+            if len(entries) >= self._prune_at.get(cassette, _PRUNE_AT_LEAST):
+                entries[:] = [e for e in entries if not e.committed.is_set()]
+                self._prune_at[cassette] = max(_PRUNE_AT_LEAST, 2 * len(entries))
             return
         c.add(self._keyed(entry))
         if use:
