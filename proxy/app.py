@@ -68,6 +68,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
                 "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
             )
         recorder = Recorder(writer)
+        await recorder.warm_up()
         writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
         upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
         app[SERVICES] = Services(

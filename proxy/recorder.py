@@ -217,6 +217,19 @@ class Recorder:
 
     # -- the writer task --------------------------------------------------------------------
 
+    async def warm_up(self) -> None:
+        """Before serving: start the writer thread and have it write a recording, rolled
+        back, so that its connection is open and its statements are compiled before the
+        first batch, which would otherwise pay for them (milliseconds of CPU) in the middle
+        of the first streams."""
+        if self._thread is None or self._thread_engine is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, _rehearse, self._thread_engine)
+        except Exception as exc:  # the first batch will pay, that is all
+            log.debug("the writer's warm-up failed: %s", getattr(exc, "orig", None) or exc)
+
     async def run(self) -> None:
         """The writer task: until `close()`, then everything pending is written."""
         try:
@@ -375,6 +388,21 @@ def _give_way() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
         except OSError as exc:
             log.debug("the writer thread keeps the process's CPU priority: %s", exc)
+
+
+def _rehearse(engine: Engine) -> None:
+    """Write a recording of two events in a transaction that is rolled back."""
+    request = Request("POST", "http://rehearsal.invalid/", (("Accept", "*/*"),), b"{}")
+    head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
+    rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
+    rec.outcome = Outcome.COMPLETE
+    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            _write_batch(_SqliteStatements(conn), _Batch([rec], events, [rec]), {})
+        finally:
+            transaction.rollback()
 
 
 def _write_in_thread(

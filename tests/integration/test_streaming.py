@@ -158,6 +158,24 @@ async def test_the_store_is_written_at_the_lowest_cpu_priority(
         assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
 
 
+def _writer_threads() -> set[int | None]:
+    return {t.ident for t in threading.enumerate() if t.name.startswith("rrproxy-writer")}
+
+
+async def test_the_writer_is_warmed_up_before_the_first_request_and_leaves_no_trace(
+    start_proxy: StartProxy, db_path: Path
+) -> None:
+    """The first batch does not pay for the writer's connection and statements in the
+    middle of the first streams: they are made ready at start, in a rolled-back write."""
+    before = _writer_threads()
+    await start_proxy("http://127.0.0.1:9", mode="record")  # no request is made
+    assert _writer_threads() - before, "no writer thread before the first request"
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT count(*) FROM cassettes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM interactions").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (0,)
+
+
 async def test_a_system_refusing_the_lower_priority_still_gets_its_recordings(
     start_upstream: StartUpstream,
     start_proxy: StartProxy,
