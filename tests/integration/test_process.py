@@ -11,7 +11,8 @@ import shutil
 import signal
 import sqlite3
 import sys
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +23,15 @@ from alembic.script import ScriptDirectory
 from proxy import __version__
 from proxy.store.migrate import alembic_config
 from tests.conftest import StartUpstream
-from tests.proc import eventually, free_port, port_is_open, run_cli, serving, spawn
+from tests.proc import (
+    ProxyProcess,
+    eventually,
+    free_port,
+    port_is_open,
+    run_cli,
+    serving,
+    spawn,
+)
 
 N_EVENTS = 5
 
@@ -120,34 +129,44 @@ async def test_sigkill_mid_stream_keeps_committed_events_and_marks_incomplete(
     assert outcomes == [("incomplete",), ("complete",)]
 
 
-async def test_sigterm_lets_the_stream_in_flight_finish(
-    start_upstream: StartUpstream, tmp_path: Path, db_path: Path
-) -> None:
+@asynccontextmanager
+async def recording_a_held_stream(
+    start_upstream: StartUpstream, db_path: Path, cwd: Path
+) -> AsyncIterator[tuple[ProxyProcess, asyncio.Event]]:
+    """`rrproxy serve` recording an upstream whose first stream sends two events and holds
+    the rest until the event is set (set at the end in any case)."""
     hold = asyncio.Event()
     upstream = await start_upstream(stream_upstream(hold, first_held=2))
     target = str(upstream.make_url("")).rstrip("/")
     try:
         async with serving(
-            "--db", str(db_path), "--upstream", target, "--mode", "record", cwd=tmp_path
+            "--db", str(db_path), "--upstream", target, "--mode", "record", cwd=cwd
         ) as proxy:
-            async with aiohttp.ClientSession() as client:
-                async with client.post(proxy.url("/v1/stream"), json={"q": 1}) as resp:
-                    first = [
-                        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=10)
-                        for _ in range(2)
-                    ]
-                    proxy.send_signal(signal.SIGTERM)
-                    # Shutting down: the proxy stops listening, the stream stays open.
-                    await eventually(lambda: not port_is_open(proxy.port))
-                    # The upstream keeps the rest back a while into the shutdown (a slow
-                    # stream, well within the default 30 s shutdown timeout).
-                    await asyncio.sleep(1.0)
-                    assert proxy.popen.poll() is None
-                    hold.set()
-                    rest = await asyncio.wait_for(resp.content.read(), timeout=10)
-            assert await proxy.wait() == 0, proxy.stderr()
+            yield proxy, hold
     finally:
         hold.set()
+
+
+async def test_sigterm_lets_the_stream_in_flight_finish(
+    start_upstream: StartUpstream, tmp_path: Path, db_path: Path
+) -> None:
+    async with recording_a_held_stream(start_upstream, db_path, tmp_path) as (proxy, hold):
+        async with aiohttp.ClientSession() as client:
+            async with client.post(proxy.url("/v1/stream"), json={"q": 1}) as resp:
+                first = [
+                    await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=10)
+                    for _ in range(2)
+                ]
+                proxy.send_signal(signal.SIGTERM)
+                # Shutting down: the proxy stops listening, the stream stays open.
+                await eventually(lambda: not port_is_open(proxy.port))
+                # The upstream keeps the rest back a while into the shutdown (a slow
+                # stream, well within the default 30 s shutdown timeout).
+                await asyncio.sleep(1.0)
+                assert proxy.popen.poll() is None
+                hold.set()
+                rest = await asyncio.wait_for(resp.content.read(), timeout=10)
+        assert await proxy.wait() == 0, proxy.stderr()
     assert b"".join(first) + rest == b"".join(tick(i) for i in range(N_EVENTS))
     assert read_db(db_path, "SELECT outcome, event_count FROM interactions") == [
         ("complete", N_EVENTS)
@@ -163,21 +182,13 @@ async def test_a_client_hanging_up_leaves_the_stream_to_be_recorded_to_its_end(
     start_upstream: StartUpstream, tmp_path: Path, db_path: Path
 ) -> None:
     """The command's server does not cancel a handler whose client left."""
-    hold = asyncio.Event()
-    upstream = await start_upstream(stream_upstream(hold, first_held=2))
-    target = str(upstream.make_url("")).rstrip("/")
-    try:
-        async with serving(
-            "--db", str(db_path), "--upstream", target, "--mode", "record", cwd=tmp_path
-        ) as proxy:
-            async with aiohttp.ClientSession() as client:
-                resp = await client.post(proxy.url("/v1/stream"), json={"q": 1})
-                assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == tick(0)
-                resp.close()  # hang up, two events in
-            hold.set()
-            ended = await eventually(lambda: read_db(db_path, ENDED) or None)
-    finally:
+    async with recording_a_held_stream(start_upstream, db_path, tmp_path) as (proxy, hold):
+        async with aiohttp.ClientSession() as client:
+            resp = await client.post(proxy.url("/v1/stream"), json={"q": 1})
+            assert await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 10) == tick(0)
+            resp.close()  # hang up, two events in
         hold.set()
+        ended = await eventually(lambda: read_db(db_path, ENDED) or None)
     assert ended == [("client_gone", N_EVENTS)]
     events = read_db(db_path, "SELECT seq, data FROM events ORDER BY seq")
     assert events == [(i, tick(i)) for i in range(N_EVENTS)]

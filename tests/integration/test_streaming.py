@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from proxy import recorder
 from tests.conftest import StartProxy, StartUpstream
@@ -93,6 +94,22 @@ def _file_size(path: Path) -> int:
     return path.stat().st_size
 
 
+def _one_event_over(event: bytes, count: int) -> web.Application:
+    """An upstream streaming `event`, `count` times, as fast as it can."""
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(count):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/stream", stream)
+    return app
+
+
 async def test_a_long_recording_moves_from_the_wal_into_the_database_file_once_idle(
     start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
 ) -> None:
@@ -100,18 +117,7 @@ async def test_a_long_recording_moves_from_the_wal_into_the_database_file_once_i
     mid-stream): the recorder checkpoints when it has nothing to write. 6 MB recorded
     must not stay in the WAL until SQLite's raised threshold."""
     event = b"data: " + b"x" * 2000 + b"\n\n"
-    app = web.Application()
-
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for _ in range(3000):
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    app.router.add_post("/v1/stream", stream)
-    proxy = await start_proxy(await start_upstream(app), mode="record")
+    proxy = await start_proxy(await start_upstream(_one_event_over(event, 3000)), mode="record")
     async with aiohttp.ClientSession() as client:
         async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
             assert len(await resp.read()) == 3000 * len(event)
@@ -189,9 +195,11 @@ async def test_a_system_refusing_the_lower_priority_still_gets_its_recordings(
     await _record_one(start_upstream, start_proxy, db_path)
 
 
-# The writer lets writes gather before a batch; these hold it at an hour, so that each
-# passes only if the store is written at once when it must be.
-_HOUR = 3600.0
+@pytest.fixture
+def an_hour_between_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer lets writes gather for an hour before a batch: a test using this passes
+    only if the store is written at once when it must be."""
+    monkeypatch.setattr(recorder, "_LINGER_S", 3600.0)
 
 
 async def _events_in(db: Path) -> int:
@@ -200,24 +208,26 @@ async def _events_in(db: Path) -> int:
     return int(n)
 
 
-def _three_events() -> web.Application:
+@pytest.fixture
+async def recording_three_events(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> TestServer:
+    """The proxy, recording an upstream that answers three events (`?n=` names them)."""
+
     async def stream(request: web.Request) -> web.Response:
         body = "".join(f"data: {request.query.get('n', '0')}.{i}\n\n" for i in range(3))
         return web.Response(text=body, content_type="text/event-stream")
 
     app = web.Application()
     app.router.add_post("/v1/stream", stream)
-    return app
+    return await start_proxy(await start_upstream(app), mode="record")
 
 
+@pytest.mark.usefixtures("an_hour_between_batches")
 async def test_listing_the_cassettes_writes_what_is_pending_without_waiting_for_a_batch(
-    start_upstream: StartUpstream,
-    start_proxy: StartProxy,
-    db_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    recording_three_events: TestServer, db_path: Path
 ) -> None:
-    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
-    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    proxy = recording_three_events
     async with aiohttp.ClientSession() as client:
         async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
             assert resp.status == 200
@@ -229,13 +239,11 @@ async def test_listing_the_cassettes_writes_what_is_pending_without_waiting_for_
     assert await _events_in(db_path) == 3
 
 
+@pytest.mark.usefixtures("an_hour_between_batches")
 async def test_a_replay_of_a_recording_just_made_does_not_wait_for_a_batch(
-    start_upstream: StartUpstream,
-    start_proxy: StartProxy,
-    monkeypatch: pytest.MonkeyPatch,
+    recording_three_events: TestServer,
 ) -> None:
-    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
-    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    proxy = recording_three_events
     url = proxy.make_url("/v1/stream?n=7")
     async with aiohttp.ClientSession() as client:
         async with client.post(url, json={"q": 1}) as resp:
@@ -247,28 +255,16 @@ async def test_a_replay_of_a_recording_just_made_does_not_wait_for_a_batch(
             assert await resp.read() == recorded == b"data: 7.0\n\ndata: 7.1\n\ndata: 7.2\n\n"
 
 
+@pytest.mark.usefixtures("an_hour_between_batches")
 async def test_a_batch_worth_of_events_is_written_without_anyone_asking(
     start_upstream: StartUpstream,
     start_proxy: StartProxy,
     db_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A fast stream does not pile up in memory for the whole linger."""
-    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
     event = b"data: " + b"x" * 4000 + b"\n\n"
     count = 2 * recorder._BATCH_BYTES // len(event)
-    app = web.Application()
-
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for _ in range(count):
-            await response.write(event)
-        await response.write_eof()
-        return response
-
-    app.router.add_post("/v1/stream", stream)
-    proxy = await start_proxy(await start_upstream(app), mode="record")
+    proxy = await start_proxy(await start_upstream(_one_event_over(event, count)), mode="record")
     async with aiohttp.ClientSession() as client:
         async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
             assert len(await resp.read()) == count * len(event)
@@ -279,14 +275,11 @@ async def test_a_batch_worth_of_events_is_written_without_anyone_asking(
     assert await _events_in(db_path) >= recorder._BATCH_BYTES // len(event)
 
 
+@pytest.mark.usefixtures("an_hour_between_batches")
 async def test_stopping_the_proxy_writes_what_is_pending_at_once(
-    start_upstream: StartUpstream,
-    start_proxy: StartProxy,
-    db_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    recording_three_events: TestServer, db_path: Path
 ) -> None:
-    monkeypatch.setattr(recorder, "_LINGER_S", _HOUR)
-    proxy = await start_proxy(await start_upstream(_three_events()), mode="record")
+    proxy = recording_three_events
     async with aiohttp.ClientSession() as client:
         async with client.post(proxy.make_url("/v1/stream"), json={"q": 1}) as resp:
             await resp.read()
