@@ -164,8 +164,9 @@ async def test_the_store_is_written_at_the_lowest_cpu_priority(
         assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == 19
 
 
-def _writer_threads() -> set[int | None]:
-    return {t.ident for t in threading.enumerate() if t.name.startswith("rrproxy-writer")}
+def _writer_threads() -> set[threading.Thread]:
+    """The writer threads alive now (the objects: a new thread may reuse an old one's id)."""
+    return {t for t in threading.enumerate() if t.name.startswith("rrproxy-writer")}
 
 
 async def test_the_writer_is_warmed_up_before_the_first_request_and_leaves_no_trace(
