@@ -1,0 +1,232 @@
+"""The writes of one batch of recordings: one transaction, a few statements.
+
+The recorder decides when to write and what (`proxy.recorder`); this module turns a batch
+into SQL. `SqliteStatements` sends the hot statements to the driver itself (multi-row
+INSERTs, parameters from the column types' own bind processors), `CoreStatements` goes
+through SQLAlchemy Core for any other database. Plain synchronous code: it runs in the
+recorder's writer thread (SQLite) or through `AsyncConnection.run_sync`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import Connection, Dialect, Table, bindparam, insert, select, update
+
+from ..records import Outcome
+from .models import Cassette, Event, Interaction
+
+if TYPE_CHECKING:
+    from ..recorder import Batch, Recording
+
+
+def write_batch(
+    db: Statements, batch: Batch, known: dict[str, int]
+) -> tuple[dict[str, int], dict[Recording, int]]:
+    """One transaction: new interactions (final already if they ended in this batch), their
+    events, then the ends of interactions begun earlier. Returns the cassette ids it used
+    and the ids of the new interactions."""
+    ended_now = set(batch.ends)
+    cassettes: dict[str, int] = {}
+    new_ids: dict[Recording, int] = {}
+    if batch.begins:
+        names = {rec.cassette for rec in batch.begins}
+        cassettes = {name: known[name] for name in names if name in known}
+        for name in sorted(names - cassettes.keys()):
+            cassettes[name] = db.cassette_id(name)
+        rows = [
+            _interaction_row(cassettes[rec.cassette], rec, rec in ended_now) for rec in batch.begins
+        ]
+        new_ids = dict(zip(batch.begins, db.insert_interactions(rows), strict=True))
+    if batch.events:
+        db.insert_events(
+            [
+                (rec.interaction_id or new_ids[rec], seq, t_ms, data)
+                for rec, seq, t_ms, data in batch.events
+            ]
+        )
+    if late := [rec for rec in batch.ends if rec not in new_ids]:
+        db.finish([(rec.interaction_id, _final(rec)) for rec in late])
+    return cassettes, new_ids
+
+
+_Row = tuple[int, int, float, bytes]
+"""An event's row: interaction id, seq, t_ms, data."""
+_FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size")
+"""The interaction's columns known once it has ended (`_final`)."""
+_COLUMNS = (
+    "cassette_id",
+    "method",
+    "url",
+    "request_headers",
+    "request_body",
+    "status",
+    "response_headers",
+    "started_at",
+    "ttfb_ms",
+    *_FINAL,
+)
+"""An interaction's columns but its id, in the order of `_interaction_row`."""
+_INTERACTION_COLUMNS = ("id", *_COLUMNS)
+_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
+"""An event's columns, in the order of `_Row`."""
+_FINISH = f"UPDATE interactions SET {', '.join(f'{c} = ?' for c in _FINAL)} WHERE id = ?"
+
+
+class Statements(Protocol):
+    """The writes of a batch, inside the transaction that holds them."""
+
+    def cassette_id(self, name: str) -> int:
+        """The cassette's id, created if it is new."""
+
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Insert interactions (`_interaction_row`s); their ids, in order."""
+
+    def insert_events(self, rows: list[_Row]) -> None: ...
+
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
+        """Set the final columns (`_final`) of interactions inserted earlier, by id."""
+
+
+class CoreStatements:
+    """Any database, through SQLAlchemy Core."""
+
+    def __init__(self, conn: Connection):
+        self._conn = conn
+
+    def cassette_id(self, name: str) -> int:
+        found = self._conn.scalar(select(Cassette.id).where(Cassette.name == name))
+        if found is not None:
+            return found
+        created = insert(Cassette).values(name=name, created_at=datetime.now(UTC))
+        return self._conn.execute(created.returning(Cassette.id)).scalar_one()
+
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        statement = insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True)
+        values = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+        return list(self._conn.execute(statement, values).scalars().all())
+
+    def insert_events(self, rows: list[_Row]) -> None:
+        values = [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
+        self._conn.execute(insert(Event), values)
+
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
+        statement = (
+            update(Interaction)
+            .where(Interaction.id == bindparam("b_id"))
+            .values({c: bindparam(f"b_{c}") for c in _FINAL})
+        )
+        keys = [f"b_{c}" for c in _FINAL]
+        rows = [{"b_id": id_, **dict(zip(keys, final, strict=True))} for id_, final in ends]
+        self._conn.execute(statement, rows)
+
+
+class SqliteStatements(CoreStatements):
+    """SQLite, in the writer thread: the hot statements go to the driver's own connection,
+    inside SQLAlchemy's transaction. Core's work per statement and per row was a quarter
+    of the writer's CPU (690 against 500 us for a batch of 10 recordings of 20 events),
+    and the writer's CPU is taken from the relays that share the machine. Rows are turned
+    into parameters by the column types' own bind processors (JSON, DateTime), as Core
+    would."""
+
+    def __init__(self, conn: Connection):
+        super().__init__(conn)
+        self._db: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+        self._interaction_params = _bind_processed(conn.dialect, Interaction.__table__)
+
+    def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        # The writer holds the write lock (BEGIN IMMEDIATE), so the ids after the largest
+        # are its to give: multi-row INSERTs, where a RETURNING in order costs a statement
+        # per row (SQLite does not promise the order of a multi-row RETURNING).
+        (largest,) = self._db.execute("SELECT max(id) FROM interactions").fetchone()
+        ids = range((largest or 0) + 1, (largest or 0) + 1 + len(rows))
+        params = self._interaction_params
+        self._insert("interactions", _INTERACTION_COLUMNS, list(map(params, ids, rows)))
+        return list(ids)
+
+    def insert_events(self, rows: list[_Row]) -> None:
+        self._insert("events", _EVENT_COLUMNS, rows)
+
+    def _insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
+        """Multi-row INSERTs: a statement's step releases the GIL and has to win it back
+        from the relays, so one step per many rows (`_rows_per_insert`) rather than per row
+        keeps the writer from queueing behind the event loop row after row."""
+        n = _rows_per_insert(len(columns))
+        full = len(rows) - len(rows) % n
+        if full:
+            chunks = [tuple(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
+            self._db.executemany(_multi_row_insert(table, columns, n), chunks)
+        if rest := rows[full:]:
+            sql = _multi_row_insert(table, columns, len(rest))
+            self._db.execute(sql, tuple(chain.from_iterable(rest)))
+
+    def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
+        self._db.executemany(_FINISH, [(*final, id_) for id_, final in ends])
+
+
+@functools.cache
+def _bind_processed(dialect: Dialect, table: Table) -> Callable[[int, tuple[Any, ...]], list[Any]]:
+    """The function that turns an id and a row of `_COLUMNS` into the driver's parameters
+    through the column types' bind processors (JSON, DateTime, LargeBinary), as Core
+    would."""
+    procs = [
+        (i, proc)
+        for i, name in enumerate(_INTERACTION_COLUMNS)
+        if (proc := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
+
+    def params(id_: int, row: tuple[Any, ...]) -> list[Any]:
+        values = [id_, *row]
+        for i, proc in procs:
+            values[i] = proc(values[i])
+        return values
+
+    return params
+
+
+def _rows_per_insert(columns: int) -> int:
+    """At most 64 rows to a statement, and at most 999 bound values (SQLite's limit before
+    3.32)."""
+    return min(64, 999 // columns)
+
+
+@functools.cache
+def _multi_row_insert(table: str, columns: tuple[str, ...], rows: int) -> str:
+    row = f"({', '.join('?' * len(columns))})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
+
+
+def _final(rec: Recording) -> tuple[Any, ...]:
+    """The `_FINAL` columns' values."""
+    outcome, error = rec.outcome, rec.error
+    if rec.dropped:
+        outcome = Outcome.INCOMPLETE
+        reason = "events were dropped while the store could not be written"
+        error = f"{reason}; {error}" if error else reason
+    return (outcome.value, error, rec.duration_ms, rec.events, rec.size)
+
+
+_OPEN = (Outcome.RECORDING.value, None, None, 0, 0)
+"""The `_FINAL` columns of an interaction still being recorded."""
+
+
+def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any, ...]:
+    """The `_COLUMNS` values of a new interaction (header pairs are stored as JSON arrays)."""
+    request, head = rec.request, rec.head
+    return (
+        cassette_id,
+        request.method,
+        request.url,
+        request.headers,
+        request.body,
+        head.status,
+        head.headers,
+        rec.started_at,
+        rec.ttfb_ms,
+        *(_final(rec) if ended else _OPEN),
+    )
