@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .hosts import check_pattern
-from .matching import MatchRules
-from .redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+from proxy.core.hosts import check_pattern
+from proxy.core.matching import MatchRules
+from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+from proxy.errors import ConfigError
 
 ENV_PREFIX = "RRPROXY_"
 

@@ -35,9 +35,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .cassette_file import SUFFIX
-from .config import Mode, Settings, load_settings
-from .matching import MatchRules
+from proxy.cassettes.file_format import SUFFIX
+from proxy.config import Mode, Settings, load_settings
+from proxy.core.matching import MatchRules
 
 DEFAULT_UPSTREAM = "https://api.openai.com"
 ANTHROPIC_ROUTE = "/anthropic"
@@ -141,7 +141,7 @@ class ProxyThread:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from .app import create_app  # the proxy's modules load only when a test uses it
+        from proxy.serve.app import create_app  # the proxy's modules load only when a test uses it
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -150,7 +150,7 @@ class ProxyThread:
         runner = web.AppRunner(
             app,
             access_log=None,
-            handler_cancellation=False,  # as `rrproxy serve`: see `proxy.app`
+            handler_cancellation=False,  # as `rrproxy serve`: see `proxy.serve.app`
             shutdown_timeout=self.settings.shutdown_timeout,
         )
         try:

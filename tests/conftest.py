@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.web import AppRunner
 
-from proxy.app import create_app
 from proxy.config import KEYS_BY_NAME, load_settings
+from proxy.serve.app import create_app
 
 EXAMPLE_JSONL = Path(__file__).resolve().parent / "data" / "openai-responses-hello-world.jsonl"
 

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..errors import StoreError
+from proxy.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..records import Outcome, Request, ResponseHead, header_pairs
-from .models import Cassette, Event, Interaction
+from proxy.core.records import Outcome, Request, ResponseHead, header_pairs
+from proxy.store.models import Cassette, Event, Interaction
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The writes of one batch of recordings: one transaction, a few statements.
 
-The recorder decides when to write and what (`proxy.recorder`); this module turns a batch
+The recorder decides when to write and what (`proxy.serve.recorder`); this module turns a batch
 into SQL. `SqliteStatements` sends the hot statements to the driver itself (multi-row
 INSERTs, parameters from the column types' own bind processors), `CoreStatements` goes
 through SQLAlchemy Core for any other database. Plain synchronous code: it runs in the
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, insert, select, update
 
-from ..records import Outcome
-from .models import Cassette, Event, Interaction
+from proxy.core.records import Outcome
+from proxy.store.models import Cassette, Event, Interaction
 
 if TYPE_CHECKING:
-    from ..recorder import Batch, Recording
+    from proxy.serve.recorder import Batch, Recording
 
 
 def write_batch(

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import cassette_file
+from proxy.cassettes import file_format as cassette_file
 from tests.conftest import StartProxy, StartUpstream
 from tests.proc import eventually, run_cli
 

@@ -13,10 +13,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import cassette_file
-from proxy.cassette_file import CassetteFileError
+from proxy.cassettes import file_format as cassette_file
+from proxy.cassettes import transfer as cassettes
+from proxy.cassettes.file_format import CassetteFileError
 from proxy.config import database_url
-from proxy.store import cassettes, migrate
+from proxy.store import migrate
 from proxy.store.engine import create_engine
 from tests.conftest import StartProxy, StartUpstream
 from tests.proc import run_cli

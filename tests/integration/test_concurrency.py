@@ -124,7 +124,7 @@ async def test_150_concurrent_streams_recorded_then_replayed(
         if r.levelno >= logging.WARNING or "locked" in r.getMessage().lower()
     ]
     assert problems == []
-    interaction_lines = [r for r in caplog.records if r.name == "proxy.pipeline"]
+    interaction_lines = [r for r in caplog.records if r.name == "proxy.serve.pipeline"]
     assert len(interaction_lines) == 2 * STREAMS
 
 

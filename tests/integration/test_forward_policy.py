@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import create_app
 from proxy.config import load_settings
+from proxy.serve.app import create_app
 from tests.conftest import StartProxy, StartUpstream
 from tests.integration.test_forward_proxy import echo_upstream, url_of
 from tests.proc import free_port
@@ -309,7 +309,7 @@ async def test_a_client_that_does_not_trust_the_ca_is_told_where_it_is(
     ca_dir = tmp_path / "ca"
     proxy = await start_proxy("https://api.openai.com", ca_dir=str(ca_dir), mode="replay")
     env = await client_env(proxy.port, ca_dir, CURL_CA_BUNDLE=str(other.ca_file))
-    with caplog.at_level(logging.WARNING, logger="proxy.connect"):
+    with caplog.at_level(logging.WARNING, logger="proxy.forward_proxy.connect"):
         ran = await run("curl", "-sS", "--max-time", "30", "https://api.example.test/", env=env)
         assert ran.returncode == 60  # curl: peer certificate cannot be authenticated
         await _eventually_logged(caplog, str(ca_dir / "rrproxy-ca.pem"))

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from proxy import cassette_file
+from proxy.cassettes import file_format as cassette_file
 from proxy.config import Mode
 from proxy.pytest_plugin import default_mode
 from tests.conftest import example_events, sse_event

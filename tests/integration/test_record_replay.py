@@ -196,7 +196,7 @@ async def test_json_key_order_and_query_order_do_not_matter(
 async def test_ignored_body_fields_and_matched_headers(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:
-    from proxy.matching import MatchRules
+    from proxy.core.matching import MatchRules
 
     app, _ = counting_upstream()
     upstream = await start_upstream(app)

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.redact import DEFAULT_HEADERS
+from proxy.core.redact import DEFAULT_HEADERS
 from tests.conftest import StartProxy, StartUpstream, tcp_server
 
 EVENTS = [b"event: delta\ndata: hello\n\n", b"event: delta\ndata: world\n\n", b"data: [DONE]\n\n"]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy import recorder
+from proxy.serve import recorder
 from tests.conftest import StartProxy, StartUpstream
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy import cassette_file
-from proxy.cassette_file import CassetteFileError, Recorded
-from proxy.records import Event, Outcome, Request, ResponseHead
-from proxy.secrets_scan import scan_request, scan_response, scan_text
+from proxy.cassettes import file_format as cassette_file
+from proxy.cassettes.file_format import CassetteFileError, Recorded
+from proxy.core.records import Event, Outcome, Request, ResponseHead
+from proxy.core.secrets_scan import scan_request, scan_response, scan_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-world.cassette.jsonl"
 

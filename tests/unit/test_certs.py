@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.certs import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, CertificateError
+from proxy.forward_proxy.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, CertificateError
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from proxy.config import KEYS, KEYS_BY_NAME, Mode, Pace, Settings, load_settings
+from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 from proxy.errors import ConfigError
-from proxy.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
@@ -153,7 +153,7 @@ def test_from_flags(case: Case) -> None:
 def test_serve_command_line_flags(
     argv: list[str], get: Callable[[Settings], Any], expected: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from proxy import cli
+    from proxy.cli import main as cli
 
     for name in [n for n in os.environ if n.startswith("RRPROXY_")]:
         monkeypatch.delenv(name)

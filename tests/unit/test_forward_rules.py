@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli.env import proxy_url, variables
 from proxy.config import Mode, Settings, load_settings
-from proxy.env_cli import proxy_url, variables
-from proxy.errors import ConfigError, Refused
-from proxy.hosts import (
+from proxy.core.hosts import (
     Target,
     check_pattern,
     host_matches,
@@ -20,8 +19,9 @@ from proxy.hosts import (
     parse_absolute,
     parse_authority,
 )
-from proxy.policy import Action, check_listen, forward_action
-from proxy.routing import routed_url
+from proxy.errors import ConfigError, Refused
+from proxy.forward_proxy.policy import Action, check_listen, forward_action
+from proxy.serve.routing import routed_url
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,12 @@
-"""Tests for proxy.index: what it keeps of a cassette that is recorded but not loaded."""
+"""Tests for proxy.serve.index: what it keeps of a cassette that is recorded but not loaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.index import Entry, Index
-from proxy.matching import MatchRules
-from proxy.records import Outcome, Request, ResponseHead
+from proxy.core.matching import MatchRules
+from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.serve.index import Entry, Index
 from proxy.store.engine import create_engine
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy.matching import (
+from proxy.core.matching import (
     MAX_DIFFERENCES,
     MatchRules,
     closest,
@@ -14,7 +14,7 @@ from proxy.matching import (
     key_inputs,
     match_key,
 )
-from proxy.records import Request
+from proxy.core.records import Request
 
 URL = "https://api.openai.com/v1/responses"
 CHAT = "https://api.openai.com/v1/chat/completions"

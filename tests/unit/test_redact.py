@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.matching import MatchRules, match_key
-from proxy.records import Request
-from proxy.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED, Redactor
+from proxy.core.matching import MatchRules, match_key
+from proxy.core.records import Request
+from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED, Redactor
 
 R = REDACTED
 

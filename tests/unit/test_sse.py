@@ -1,4 +1,4 @@
-"""Tests for proxy.sse: every chunking of a body gives the same events, which add up to it."""
+"""Tests for proxy.core.sse: every chunking of a body gives the same events, which add up to it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sse import ChunkFramer, Framer, LineFramer, SSEFramer, framer_for
+from proxy.core.sse import ChunkFramer, Framer, LineFramer, SSEFramer, framer_for
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "data" / "openai-responses-hello-world.jsonl"
 BOM = b"\xef\xbb\xbf"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from proxy.records import Headers, Request, ResponseHead
+from proxy.core.records import Headers, Request, ResponseHead
 
 REDACTED = "[REDACTED]"
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
-from proxy.records import Request
+from proxy.core.records import Request
 
 MAX_DIFFERENCES = 5
 """How many differences `differences` lists before summing up the rest."""

@@ -8,11 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .config import check_cassette_name
-from .errors import BadRequest, StoreError
-from .state import RUN, SERVICES, SETTINGS
-from .store import cassettes as store_cassettes
+from proxy import __version__
+from proxy.cassettes import transfer as store_cassettes
+from proxy.config import check_cassette_name
+from proxy.errors import BadRequest, StoreError
+from proxy.serve.state import RUN, SERVICES, SETTINGS
 
 PREFIX = "/_rrproxy"
 

@@ -5,7 +5,7 @@ chunk is also split into events and handed to the recorder, which takes them wit
 waiting (only a healthy store more than its high-water mark behind makes the relay wait).
 A client that hangs up stops the writing, not the reading: the upstream response is still
 read to its end and recorded, since its tokens were paid for (the server does not cancel
-the handler when its client hangs up: see `proxy.app`).
+the handler when its client hangs up: see `proxy.serve.app`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from .errors import ConfigError, UpstreamError, UpstreamTimeout
-from .headers import end_to_end
-from .recorder import Recorder, Recording
-from .records import Outcome, Request, ResponseHead
-from .sse import Framer
+from proxy.core.headers import end_to_end
+from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.sse import Framer
+from proxy.errors import ConfigError, UpstreamError, UpstreamTimeout
+from proxy.serve.recorder import Recorder, Recording
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-from .records import Event, Headers, Request, ResponseHead
-from .redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED
+from proxy.core.records import Event, Headers, Request, ResponseHead
+from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, REDACTED
 
 _B = r"(?<![A-Za-z0-9_-])"  # not in the middle of a longer word ("task-...", "mask-...")
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(

@@ -24,15 +24,15 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
-from .certs import CertificateAuthority, CertificateError
-from .config import Settings
-from .errors import BadRequest, ConfigError, RrproxyError, UpstreamError
-from .hosts import Target, parse_absolute, parse_authority
-from .pipeline import handle
-from .policy import Action, check_listen, forward_action
-from .routing import TARGET, refuse_loop
-from .state import RUN, SERVICES, SETTINGS
-from .tunnel import Tunnel
+from proxy.config import Settings
+from proxy.core.hosts import Target, parse_absolute, parse_authority
+from proxy.errors import BadRequest, ConfigError, RrproxyError, UpstreamError
+from proxy.forward_proxy.ca import CertificateAuthority, CertificateError
+from proxy.forward_proxy.policy import Action, check_listen, forward_action
+from proxy.forward_proxy.tunnel import Tunnel
+from proxy.serve.pipeline import handle
+from proxy.serve.routing import TARGET, refuse_loop
+from proxy.serve.state import RUN, SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 

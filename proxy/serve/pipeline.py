@@ -16,17 +16,17 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from .config import Mode, Pace, Settings, check_cassette_name, parse_pace
-from .errors import BadRequest, ReplayMiss
-from .forward import Tee, relay, response_head, send
-from .headers import NOT_FORWARDED, end_to_end
-from .index import Entry
-from .recorder import Recording
-from .records import Outcome, Request, ResponseHead
-from .replay import replay
-from .routing import upstream_url
-from .sse import framer_for
-from .state import RunState, Services
+from proxy.config import Mode, Pace, Settings, check_cassette_name, parse_pace
+from proxy.core.headers import NOT_FORWARDED, end_to_end
+from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.sse import framer_for
+from proxy.errors import BadRequest, ReplayMiss
+from proxy.serve.index import Entry
+from proxy.serve.recorder import Recording
+from proxy.serve.relay import Tee, relay, response_head, send
+from proxy.serve.replay import replay
+from proxy.serve.routing import upstream_url
+from proxy.serve.state import RunState, Services
 
 log = logging.getLogger(__name__)
 

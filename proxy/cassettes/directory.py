@@ -28,15 +28,15 @@ from typing import IO
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .cassette_file import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
-from .config import check_cassette_name
-from .errors import ConfigError, RrproxyError
-from .recorder import Recording
-from .redact import Redactor
-from .state import SERVICES, SETTINGS
-from .store import cassettes
-from .store.cassettes import Imported, SecretsFound
-from .store.engine import create_engine
+from proxy.cassettes import transfer as cassettes
+from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
+from proxy.cassettes.transfer import Imported, SecretsFound
+from proxy.config import check_cassette_name
+from proxy.core.redact import Redactor
+from proxy.errors import ConfigError, RrproxyError
+from proxy.serve.recorder import Recording
+from proxy.serve.state import SERVICES, SETTINGS
+from proxy.store.engine import create_engine
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .matching import MatchRules, closest, key_inputs, match_key
-from .records import Outcome, Request, ResponseHead
-from .store import cassettes, queries
+from proxy.cassettes import transfer as cassettes
+from proxy.core.matching import MatchRules, closest, key_inputs, match_key
+from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.store import queries
 
 
 @dataclass(eq=False)

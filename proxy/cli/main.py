@@ -14,11 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .cassette_cli import add_commands as add_cassette_commands
-from .config import Mode, Settings, load_settings
-from .env_cli import add_commands as add_env_commands
-from .errors import ConfigError, RrproxyError
+from proxy import __version__
+from proxy.cli.cassettes import add_commands as add_cassette_commands
+from proxy.cli.env import add_commands as add_env_commands
+from proxy.config import Mode, Settings, load_settings
+from proxy.errors import ConfigError, RrproxyError
 
 log = logging.getLogger("proxy")
 
@@ -106,7 +106,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
-    from .app import create_app
+    from proxy.serve.app import create_app
 
     def listening(_aiohttp_banner: str) -> None:  # called once the port is bound
         base = f"http://{settings.host}:{settings.port}"
@@ -158,8 +158,8 @@ async def _freeze_what_lives_forever(_app: web.Application) -> None:
 
 
 def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    from .store import migrate
-    from .store.engine import create_engine
+    from proxy.store import migrate
+    from proxy.store.engine import create_engine
 
     async def run() -> str | None:
         engine = create_engine(settings.db_url, writer=True)

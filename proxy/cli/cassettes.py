@@ -23,14 +23,15 @@ from typing import IO, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cassette_dir import CassetteDir, atomic_write
-from .cassette_file import SUFFIX, file_name
-from .config import Settings, check_cassette_name
-from .errors import CassetteNotFound, ConfigError
-from .records import Event
-from .store import cassettes, migrate
-from .store.cassettes import CassetteInfo, InteractionInfo
-from .store.engine import create_engine
+from proxy.cassettes import transfer as cassettes
+from proxy.cassettes.directory import CassetteDir, atomic_write
+from proxy.cassettes.file_format import SUFFIX, file_name
+from proxy.cassettes.transfer import CassetteInfo, InteractionInfo
+from proxy.config import Settings, check_cassette_name
+from proxy.core.records import Event
+from proxy.errors import CassetteNotFound, ConfigError
+from proxy.store import migrate
+from proxy.store.engine import create_engine
 
 T = TypeVar("T")
 

@@ -14,11 +14,11 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .errors import ConfigError
+from proxy.config import Settings
+from proxy.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .certs import CertificateAuthority
+    from proxy.forward_proxy.ca import CertificateAuthority
 
 BUNDLE_FILE = "rrproxy-ca-bundle.pem"
 NO_PROXY = "localhost,127.0.0.1,::1"  # loopback: rrproxy's own port, local services
@@ -69,7 +69,10 @@ def variables(proxy: str, bundle: Path, ca_cert: Path) -> list[tuple[str, str]]:
 
 
 def _load_ca(settings: Settings) -> CertificateAuthority:
-    from .certs import CertificateAuthority, CertificateError  # cryptography: only when needed
+    from proxy.forward_proxy.ca import (  # cryptography: only when needed
+        CertificateAuthority,
+        CertificateError,
+    )
 
     try:
         return CertificateAuthority.load_or_create(Path(settings.ca_dir).expanduser())

@@ -17,9 +17,9 @@ import functools
 
 from aiohttp import web
 
-from .config import Settings
-from .errors import BadRequest, Refused
-from .hosts import Target, is_own_address, origin_form, url_target
+from proxy.config import Settings
+from proxy.core.hosts import Target, is_own_address, origin_form, url_target
+from proxy.errors import BadRequest, Refused
 
 TARGET = web.RequestKey("rrproxy_target", Target)
 """The origin a forward-proxied request goes to (set for CONNECT tunnels and absolute form)."""

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .hosts import ip_literal, normalize_host
+from proxy.core.hosts import ip_literal, normalize_host
 
 logger = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from typing import Protocol
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .. import cassette_file
-from ..cassette_file import CassetteFileError, Header, Recorded
-from ..config import check_cassette_name
-from ..errors import CassetteExists, CassetteNotFound, RrproxyError
-from ..records import Event as EventRecord
-from ..records import Outcome, Request, ResponseHead, header_pairs
-from ..redact import Redactor
-from ..secrets_scan import Finding, scan_request, scan_response
-from .models import Cassette, CassetteFile, Event, Interaction
+from proxy.cassettes import file_format as cassette_file
+from proxy.cassettes.file_format import CassetteFileError, Header, Recorded
+from proxy.config import check_cassette_name
+from proxy.core.records import Event as EventRecord
+from proxy.core.records import Outcome, Request, ResponseHead, header_pairs
+from proxy.core.redact import Redactor
+from proxy.core.secrets_scan import Finding, scan_request, scan_response
+from proxy.errors import CassetteExists, CassetteNotFound, RrproxyError
+from proxy.store.models import Cassette, CassetteFile, Event, Interaction
 
 _UNFINISHED = (Outcome.INCOMPLETE.value, Outcome.RECORDING.value)
 _RECORDING_ERROR = "still being recorded when the cassette was exported"

@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
 
-from .config import check_cassette_name
-from .errors import RrproxyError
-from .records import Event, Headers, Outcome, Request, ResponseHead
+from proxy.config import check_cassette_name
+from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead
+from proxy.errors import RrproxyError
 
 FORMAT = "rrproxy-cassette"
 VERSION = 1

@@ -8,11 +8,11 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import Settings
-from .index import Index
-from .recorder import Recorder
-from .redact import Redactor
-from .replay import Bodies
+from proxy.config import Settings
+from proxy.core.redact import Redactor
+from proxy.serve.index import Index
+from proxy.serve.recorder import Recorder
+from proxy.serve.replay import Bodies
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .records import Headers
+from proxy.core.records import Headers
 
 HOP_BY_HOP = frozenset(
     {

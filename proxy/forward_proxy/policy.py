@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from .config import Mode, Settings
-from .errors import ConfigError, Refused
-from .hosts import Target, host_matches, is_loopback
+from proxy.config import Mode, Settings
+from proxy.core.hosts import Target, host_matches, is_loopback
+from proxy.errors import ConfigError, Refused
 
 
 class Action(StrEnum):

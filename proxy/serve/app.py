@@ -18,18 +18,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from . import admin, connect
-from .cassette_dir import cassette_dir_ctx
-from .config import Settings
-from .errors import RrproxyError
-from .forward import client_session, upstream_ssl_context
-from .index import Index
-from .pipeline import handle
-from .recorder import Recorder
-from .replay import Bodies
-from .state import RUN, SERVICES, SETTINGS, RunState, Services
-from .store import migrate, queries
-from .store.engine import create_engine
+from proxy.cassettes.directory import cassette_dir_ctx
+from proxy.config import Settings
+from proxy.errors import RrproxyError
+from proxy.forward_proxy import connect
+from proxy.serve import admin
+from proxy.serve.index import Index
+from proxy.serve.pipeline import handle
+from proxy.serve.recorder import Recorder
+from proxy.serve.relay import client_session, upstream_ssl_context
+from proxy.serve.replay import Bodies
+from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
+from proxy.store import migrate, queries
+from proxy.store.engine import create_engine
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from itertools import count, repeat
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .records import Outcome, Request, ResponseHead
-from .store.engine import checkpoint, create_writer_thread_engine, is_sqlite
-from .store.writes import CoreStatements, SqliteStatements, write_batch
+from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.store.engine import checkpoint, create_writer_thread_engine, is_sqlite
+from proxy.store.writes import CoreStatements, SqliteStatements, write_batch
 
 log = logging.getLogger(__name__)
 

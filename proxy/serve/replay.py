@@ -16,12 +16,12 @@ from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .config import Pace
-from .forward import break_connection
-from .headers import end_to_end, get
-from .index import Entry
-from .records import Headers, Outcome, ResponseHead
-from .store import queries
+from proxy.config import Pace
+from proxy.core.headers import end_to_end, get
+from proxy.core.records import Headers, Outcome, ResponseHead
+from proxy.serve.index import Entry
+from proxy.serve.relay import break_connection
+from proxy.store import queries
 
 Page = list[tuple[float, bytes]]
 
