@@ -19,30 +19,22 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
-from proxy.cassettes.transfer import Imported, SecretsFound
-from proxy.config import check_cassette_name
+from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, file_name
+from proxy.cassettes.transfer import Imported
+from proxy.core.records import Recording, check_cassette_name
 from proxy.core.redact import Redactor
-from proxy.errors import ConfigError, RrproxyError
-from proxy.serve.recorder import Recording
-from proxy.serve.state import SERVICES, SETTINGS
-from proxy.store.engine import create_engine
+from proxy.errors import CassetteFileError, ConfigError, FileChanged, SecretsFound
 
 log = logging.getLogger(__name__)
-
-
-class FileChanged(RrproxyError, FileExistsError):
-    """A cassette file was changed by someone else: it is not overwritten."""
 
 
 @dataclass
@@ -236,32 +228,3 @@ class CassetteDir:
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
-
-
-async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's cleanup context for `cassette_dir`: load at start; on the way out, wait for
-    the recorder's last commits and write their files. Runs after the store's context."""
-    settings = app[SETTINGS]
-    if settings.cassette_dir is None:
-        yield
-        return
-    services = app[SERVICES]
-    writer = create_engine(settings.db_url, writer=True)
-    try:
-        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
-        await sync.load()
-        services.recorder.listeners.append(sync.recorded)
-        task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
-        try:
-            yield
-        finally:
-            # The server has let running streams finish (or cancelled them) by now; this
-            # context closes before the store's, so that their files are written too.
-            try:
-                await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
-            except TimeoutError:
-                log.error("the store did not take the last recordings; their files are not written")
-            await sync.close()
-            await task
-    finally:
-        await writer.dispose()

@@ -33,9 +33,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
 
-from proxy.config import check_cassette_name
-from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead
-from proxy.errors import RrproxyError
+from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead, check_cassette_name
+from proxy.errors import CassetteFileError
 
 FORMAT = "rrproxy-cassette"
 VERSION = 1
@@ -49,19 +48,6 @@ MAX_LINE_BYTES = 256 * 1024 * 1024
 _OUTCOMES = {o.value: o for o in Outcome if o is not Outcome.RECORDING}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}")  # an RFC 9110 token, as the store holds
-
-
-class CassetteFileError(RrproxyError, ValueError):
-    """A cassette file that cannot be read: says which line and why."""
-
-    status = 400
-    error_type = "rrproxy_bad_cassette"
-
-    def __init__(self, line: int | None, reason: str, source: str = "cassette file"):
-        super().__init__(f"{source}, line {line}: {reason}" if line else f"{source}: {reason}")
-        self.line = line
-        self.reason = reason
-        self.source = source
 
 
 @dataclass(frozen=True)

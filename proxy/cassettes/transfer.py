@@ -22,13 +22,12 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
-from proxy.cassettes.file_format import CassetteFileError, Header, Recorded
-from proxy.config import check_cassette_name
+from proxy.cassettes.file_format import Header, Recorded
 from proxy.core.records import Event as EventRecord
-from proxy.core.records import Outcome, Request, ResponseHead, header_pairs
+from proxy.core.records import Outcome, Request, ResponseHead, check_cassette_name, header_pairs
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
-from proxy.errors import CassetteExists, CassetteNotFound, RrproxyError
+from proxy.errors import CassetteExists, CassetteFileError, CassetteNotFound, SecretsFound
 from proxy.store.models import Cassette, CassetteFile, Event, Interaction
 
 _UNFINISHED = (Outcome.INCOMPLETE.value, Outcome.RECORDING.value)
@@ -37,25 +36,6 @@ _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
 class Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
-
-
-class SecretsFound(RrproxyError, ValueError):
-    """Export refused: the cassette holds key-like strings (each named by line and place)."""
-
-    status = 422
-    error_type = "rrproxy_secrets_found"
-
-    def __init__(self, cassette: str, findings: list[tuple[int, Finding]]):
-        shown = [f"  line {line}: {finding}" for line, finding in findings[:20]]
-        if len(findings) > 20:
-            shown.append(f"  ... and {len(findings) - 20} more")
-        super().__init__(
-            f"refusing to export cassette {cassette!r}: it holds {len(findings)} key-like "
-            "string(s):\n" + "\n".join(shown) + "\nRemove them (redact them when recording: "
-            "see [redact] in config.example.toml, then record again), or pass --allow-secrets "
-            "if they are not secrets."
-        )
-        self.findings = findings
 
 
 @dataclass(frozen=True)

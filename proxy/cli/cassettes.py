@@ -27,9 +27,9 @@ from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.directory import CassetteDir, atomic_write
 from proxy.cassettes.file_format import SUFFIX, file_name
 from proxy.cassettes.transfer import CassetteInfo, InteractionInfo
-from proxy.config import Settings, check_cassette_name
-from proxy.core.records import Event
-from proxy.errors import CassetteNotFound, ConfigError
+from proxy.config import Settings
+from proxy.core.records import Event, check_cassette_name
+from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
 from proxy.store import migrate
 from proxy.store.engine import create_engine
 
@@ -319,7 +319,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
         if store.dir is not None:  # the file the directory would get: check it first
             found = await asyncio.to_thread(cassettes.find_secrets, path, redactor=settings.redact)
             if found:
-                raise cassettes.SecretsFound(args.as_name or path.name, found)
+                raise SecretsFound(args.as_name or path.name, found)
         result = await cassettes.import_file(
             store.writer, path, name=args.as_name, replace=args.replace, redactor=settings.redact
         )

@@ -6,7 +6,9 @@ cassette file all speak them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 Headers = tuple[tuple[str, str], ...]
@@ -56,3 +58,39 @@ class ResponseHead:
 class Event:
     t_ms: float  # offset from the request's start
     data: bytes
+
+
+def check_cassette_name(name: str) -> str:
+    """Cassette names become file names: no separators, no `..`, no control characters."""
+    if (
+        not name
+        or len(name) > 200
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ):
+        raise ValueError(
+            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', "
+            "control characters, and not '.' or '..')"
+        )
+    return name
+
+
+@dataclass(eq=False)
+class Recording:
+    """One interaction being recorded. The write form of an interaction: owned by the relay; the
+    writer fills in `interaction_id`."""
+
+    cassette: str
+    request: Request
+    head: ResponseHead
+    started_at: datetime
+    ttfb_ms: float
+    on_committed: Callable[[Recording], None] | None = None
+    events: int = 0
+    size: int = 0
+    outcome: Outcome = Outcome.RECORDING
+    error: str | None = None
+    duration_ms: float | None = None
+    interaction_id: int | None = None
+    dropped: bool = False

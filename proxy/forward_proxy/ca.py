@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.core.hosts import ip_literal, normalize_host
+from proxy.errors import CertificateError
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ _ISSUER_KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
-
-
-class CertificateError(ValueError):
-    """The CA directory holds files rrproxy cannot use (corrupt, mismatched, expired)."""
 
 
 class CertificateAuthority:

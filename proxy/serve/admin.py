@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.cassettes import transfer as store_cassettes
-from proxy.config import check_cassette_name
+from proxy.core.records import check_cassette_name
 from proxy.errors import BadRequest, StoreError
 from proxy.serve.state import RUN, SERVICES, SETTINGS
 

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.config import Pace
 from proxy.core.headers import end_to_end, get
 from proxy.core.records import Headers, Outcome, ResponseHead
+from proxy.serve.connection import break_connection
 from proxy.serve.index import Entry
-from proxy.serve.relay import break_connection
 from proxy.store import queries
 
 Page = list[tuple[float, bytes]]

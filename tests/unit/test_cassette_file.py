@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from proxy.cassettes import file_format as cassette_file
-from proxy.cassettes.file_format import CassetteFileError, Recorded
+from proxy.cassettes.file_format import Recorded
 from proxy.core.records import Event, Outcome, Request, ResponseHead
 from proxy.core.secrets_scan import scan_request, scan_response, scan_text
+from proxy.errors import CassetteFileError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-world.cassette.jsonl"
 

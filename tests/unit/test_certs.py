@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.forward_proxy.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, CertificateError
+from proxy.errors import CertificateError
+from proxy.forward_proxy.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 
 
 @pytest.fixture
