@@ -18,9 +18,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,10 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, file_name
+from proxy.cassettes.files import atomic_write
 from proxy.cassettes.transfer import Imported
 from proxy.core.records import Recording, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.errors import CassetteFileError, ConfigError, FileChanged, SecretsFound
+from proxy.store import maintenance
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +42,6 @@ class LoadReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # file name -> why
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """A file that appears at `path` complete or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Hashing:
@@ -114,7 +99,7 @@ class CassetteDir:
                 f"({exc.strerror or exc})"
             ) from None
         async with self._writer.connect() as conn:
-            known = await cassettes.file_hashes(conn)
+            known = await maintenance.file_hashes(conn)
         present: set[str] = set()
         for path in sorted(self.path.glob("*" + SUFFIX)):
             name = path.name.removesuffix(SUFFIX)
@@ -130,7 +115,7 @@ class CassetteDir:
                 report.failed[path.name] = str(exc)
         for name in sorted(known.keys() - present):
             async with self._writer.begin() as conn:
-                await cassettes.delete_cassette(conn, name)
+                await maintenance.delete_cassette(conn, name)
             report.removed.append(name)
         self._log(report)
         return report
@@ -144,7 +129,7 @@ class CassetteDir:
             return
 
         async def remember(conn: AsyncConnection, _result: Imported) -> None:
-            await cassettes.set_file_hash(conn, name, sha)
+            await maintenance.set_file_hash(conn, name, sha)
 
         imported = await cassettes.import_file(
             self._writer, path, name=name, replace=True, then=remember, redactor=self._redactor
@@ -210,7 +195,7 @@ class CassetteDir:
         path = self.file(name)
         if path.exists():
             async with self._reader.connect() as conn:
-                known = (await cassettes.file_hashes(conn)).get(name)
+                known = (await maintenance.file_hashes(conn)).get(name)
             if known != await asyncio.to_thread(_file_sha256, path):
                 raise FileChanged(
                     "it changed on disk since rrproxy loaded it; the new recordings stay in "
@@ -221,7 +206,7 @@ class CassetteDir:
             out = _Hashing(f)
             await cassettes.export(self._reader, name, out, finished_only=True)
         async with self._writer.begin() as conn:
-            await cassettes.set_file_hash(conn, name, out.sha256.hexdigest())
+            await maintenance.set_file_hash(conn, name, out.sha256.hexdigest())
         self.written += 1
         log.info("cassette %r written to %s", name, path)
 

@@ -23,18 +23,16 @@ mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the te
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
-from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead, check_cassette_name
-from proxy.errors import CassetteFileError
+from proxy.cassettes.lines import Fields, Lines, parse_object
+from proxy.core.records import Event, Outcome, Request, ResponseHead, check_cassette_name
 
 FORMAT = "rrproxy-cassette"
 VERSION = 1
@@ -147,52 +145,21 @@ def _line(obj: dict[str, Any]) -> bytes:
 # -- reading -------------------------------------------------------------------------------
 
 
-class _Lines:
-    """Numbered lines of a binary stream, none longer than `max_line` bytes."""
-
-    def __init__(self, stream: IO[bytes], source: str, max_line: int):
-        self._stream = stream
-        self._source = source
-        self._max = max_line
-        self.number = 0
-
-    def error(self, reason: str, line: int | None = None) -> CassetteFileError:
-        return CassetteFileError(self.number if line is None else line, reason, self._source)
-
-    def next(self) -> str | None:
-        raw = self._stream.readline(self._max + 1)
-        if not raw:
-            return None
-        self.number += 1
-        if len(raw) > self._max and not raw.endswith(b"\n"):
-            raise self.error(f"longer than {self._max} bytes")
-        if raw.startswith(b"\xef\xbb\xbf"):
-            raise self.error("starts with a UTF-8 byte order mark; save the file without it")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self.error(f"not UTF-8 (byte {exc.start}); bytes go in base64 fields") from None
-        text = text.removesuffix("\n").removesuffix("\r")  # CRLF from a Windows checkout
-        if not text.strip():
-            raise self.error("empty line")
-        return text
-
-
 def read(
     stream: IO[bytes], *, source: str = "cassette file", max_line: int = MAX_LINE_BYTES
 ) -> Iterator[Header | Recorded]:
     """The header, then each interaction with its events; raises `CassetteFileError` at the
     first wrong line (an interaction is yielded only once all its events are read)."""
-    lines = _Lines(stream, source, max_line)
+    lines = Lines(stream, source, max_line, f"this rrproxy reads cassette format version {VERSION}")
     first = lines.next()
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
-    header = _header(_object(first, lines), lines)
+    header = _header(parse_object(first, lines), lines)
     yield header
     count = 0
     while (text := lines.next()) is not None:
         at = lines.number
-        obj = _object(text, lines)
+        obj = parse_object(text, lines)
         if "request" not in obj:
             what = "an event line" if "t" in obj else "a line without 'request'"
             raise lines.error(f"expected an interaction line (with 'request'), found {what}")
@@ -210,7 +177,7 @@ def read(
                     f"the file ends after {len(events)} of the {expected} events that the "
                     f"interaction on line {at} announces (a truncated file?)"
                 )
-            events.append(_event(_object(text, lines), lines))
+            events.append(_event(parse_object(text, lines), lines))
         count += 1
         yield replace(head, events=tuple(events))
     if count < header.interactions:
@@ -228,109 +195,7 @@ def loads(data: bytes, *, source: str = "cassette file") -> tuple[Header, list[R
     return header, [i for i in items[1:] if isinstance(i, Recorded)]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"the key {key!r} appears twice")
-        obj[key] = value
-    return obj
-
-
-def _object(text: str, lines: _Lines) -> dict[str, Any]:
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except RecursionError:
-        raise lines.error("nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError included
-        raise lines.error(f"not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise lines.error(f"expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-class _Fields:
-    """Typed access to one JSON object's fields; unknown fields are an error."""
-
-    KINDS: ClassVar[dict[type, str]] = {
-        str: "a string",
-        int: "a whole number",
-        list: "a list",
-        dict: "an object",
-        bool: "true or false",
-    }
-
-    def __init__(self, obj: dict[str, Any], where: str, lines: _Lines, known: tuple[str, ...]):
-        self.obj = obj
-        self.where = where
-        self.lines = lines
-        unknown = [k for k in obj if k not in known]
-        if unknown:
-            raise lines.error(
-                f"{where}: unknown field {unknown[0]!r} (this rrproxy reads cassette format "
-                f"version {VERSION}; fields: {', '.join(known)})"
-            )
-
-    def fail(self, key: str, reason: str) -> CassetteFileError:
-        return self.lines.error(f"{self.where}{key!r} {reason}")
-
-    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
-        if key not in self.obj:
-            if optional:
-                return None
-            raise self.fail(key, "is missing")
-        value = self.obj[key]
-        if value is None and optional:
-            return None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(key, f"must be {self.KINDS[kind]}, not {json.dumps(value)[:40]}")
-        return value
-
-    def number(self, key: str, *, optional: bool = False) -> float | None:
-        value = self.obj.get(key)
-        if key not in self.obj and not optional:
-            raise self.fail(key, "is missing")
-        if value is None and optional:
-            return None
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise self.fail(key, "must be a number of milliseconds, 0 or more")
-        return float(value)
-
-    def headers(self, key: str) -> Headers:
-        pairs = self.get(key, list)
-        for pair in pairs:
-            if not (
-                isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
-            ):
-                raise self.fail(key, 'must be a list of ["name", "value"] pairs')
-        return tuple((n, v) for n, v in pairs)
-
-    def data(self, text_key: str, b64_key: str) -> bytes:
-        has_text, has_b64 = text_key in self.obj, b64_key in self.obj
-        if has_text == has_b64:
-            raise self.lines.error(f"{self.where}needs exactly one of {text_key!r}, {b64_key!r}")
-        if has_text:
-            text: str = self.get(text_key, str)
-            try:
-                return text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise self.fail(text_key, "holds a lone surrogate (use base64)") from None
-        try:
-            return base64.b64decode(self.get(b64_key, str), validate=True)
-        except (binascii.Error, ValueError):
-            raise self.fail(b64_key, "is not valid base64") from None
-
-
-def _header(obj: dict[str, Any], lines: _Lines) -> Header:
+def _header(obj: dict[str, Any], lines: Lines) -> Header:
     if obj.get("format") != FORMAT:
         raise lines.error(
             f'not an rrproxy cassette: the first line must be the header {{"format": "{FORMAT}",'
@@ -342,7 +207,7 @@ def _header(obj: dict[str, Any], lines: _Lines) -> Header:
             f"cassette format version {version} is newer than this rrproxy reads ({VERSION}); "
             "upgrade rrproxy"
         )
-    f = _Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
+    f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
     if f.get("version", int) != VERSION:
         raise f.fail("version", f"must be {VERSION}")
     try:
@@ -355,7 +220,7 @@ def _header(obj: dict[str, Any], lines: _Lines) -> Header:
     return Header(name, interactions)
 
 
-def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
+def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
     """The interaction without its events yet, and how many events follow."""
     known = (
         "request",
@@ -368,8 +233,8 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
         "duration_ms",
         "events",
     )
-    f = _Fields(obj, "", lines, known)
-    req = _Fields(
+    f = Fields(obj, "", lines, known)
+    req = Fields(
         f.get("request", dict), "request: ", lines, ("method", "url", "headers", "body", "body_b64")
     )
     method = req.get("method", str)
@@ -379,7 +244,7 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
     if not re.match(r"(?i)https?://[^/?#\s]+", url):
         raise req.fail("url", "must be an absolute http:// or https:// URL")
     request = Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
-    resp = _Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
+    resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
     status = resp.get("status", int)
     if not 100 <= status <= 999:
         raise resp.fail("status", "must be an HTTP status from 100 to 999")
@@ -415,13 +280,13 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
     return head, events
 
 
-def _event(obj: dict[str, Any], lines: _Lines) -> Event:
+def _event(obj: dict[str, Any], lines: Lines) -> Event:
     if "request" in obj:
         raise lines.error(
             "expected an event line, found an interaction line (the previous interaction "
             "announces more events than it has)"
         )
-    f = _Fields(obj, "event: ", lines, ("t", "data", "b64"))
+    f = Fields(obj, "event: ", lines, ("t", "data", "b64"))
     t = f.number("t")
     assert t is not None
     return Event(t, f.data("data", "b64"))
