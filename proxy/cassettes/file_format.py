@@ -31,12 +31,19 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from proxy.cassettes.lines import Fields, Lines, parse_object
-from proxy.core.records import Event, Outcome, Request, ResponseHead, check_cassette_name
+from proxy.cassettes.lines import TOKEN, Fields, Lines, parse_object
+from proxy.core.records import (
+    CASSETTE_FILE_SUFFIX,
+    Event,
+    Outcome,
+    Request,
+    ResponseHead,
+    check_cassette_name,
+)
 
 FORMAT = "rrproxy-cassette"
 VERSION = 1
-SUFFIX = ".cassette.jsonl"
+SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 """A larger file is refused before any of it is read."""
@@ -45,7 +52,6 @@ MAX_LINE_BYTES = 256 * 1024 * 1024
 
 _OUTCOMES = {o.value: o for o in Outcome if o is not Outcome.RECORDING}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}")  # an RFC 9110 token, as the store holds
 
 
 @dataclass(frozen=True)
@@ -234,21 +240,12 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         "events",
     )
     f = Fields(obj, "", lines, known)
-    req = Fields(
-        f.get("request", dict), "request: ", lines, ("method", "url", "headers", "body", "body_b64")
-    )
-    method = req.get("method", str)
-    if not _METHOD.fullmatch(method):
-        raise req.fail("method", "must be an HTTP method such as POST")
-    url = req.get("url", str)
-    if not re.match(r"(?i)https?://[^/?#\s]+", url):
-        raise req.fail("url", "must be an absolute http:// or https:// URL")
-    request = Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
+    request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
+    events = f.get("events", int)
+    if events < 0:
+        raise f.fail("events", "must be 0 or more")
     resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
-    status = resp.get("status", int)
-    if not 100 <= status <= 999:
-        raise resp.fail("status", "must be an HTTP status from 100 to 999")
-    response = ResponseHead(status, resp.headers("headers"))
+    response = ResponseHead(_status(resp, request.method, events), resp.headers("headers"))
     outcome_text = f.get("outcome", str)
     outcome = _OUTCOMES.get(outcome_text)
     if outcome is None:
@@ -256,28 +253,61 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
     complete = f.get("complete", bool)
     if complete != outcome.complete:
         raise f.fail("complete", f"must be {str(not complete).lower()} for outcome {outcome_text}")
-    try:
-        recorded_at = datetime.fromisoformat(f.get("recorded_at", str))
-    except ValueError:
-        raise f.fail("recorded_at", "must be a time such as 2025-03-06T13:50:19.000000Z") from None
-    if recorded_at.tzinfo is None:
-        raise f.fail("recorded_at", "must say its time zone (end it with Z for UTC)")
-    events = f.get("events", int)
-    if events < 0:
-        raise f.fail("events", "must be 0 or more")
     ttfb_ms = f.number("ttfb_ms")
     assert ttfb_ms is not None
     head = Recorded(
         request=request,
         response=response,
         outcome=outcome,
-        error=f.get("error", str, optional=True),
-        recorded_at=recorded_at.astimezone(UTC),
+        error=f.text("error", optional=True),
+        recorded_at=_recorded_at(f),
         ttfb_ms=ttfb_ms,
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
     )
     return head, events
+
+
+_REQUEST_FIELDS = ("method", "url", "headers", "body", "body_b64")
+
+
+def _request(req: Fields) -> Request:
+    method = req.get("method", str)
+    if len(method) > 16 or not TOKEN.fullmatch(method):  # an RFC 9110 token, as the store holds
+        raise req.fail("method", "must be an HTTP method such as POST")
+    url = req.text("url")
+    if not re.match(r"(?i)https?://[^/?#\s]+", url):
+        raise req.fail("url", "must be an absolute http:// or https:// URL")
+    return Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
+
+
+def _status(resp: Fields, method: str, events: int) -> int:
+    """A status that can be replayed: a final one (a 1xx is an interim answer; a 101 would
+    hand the connection over and leave the client waiting), and no body where HTTP allows
+    none (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5), which would never reach the client."""
+    status: int = resp.get("status", int)
+    if not 200 <= status <= 999:
+        raise resp.fail("status", "must be a final HTTP status from 200 to 999")
+    if events and (status in (204, 304) or method == "HEAD"):
+        what = "a response to HEAD" if method == "HEAD" else f"a {status} response"
+        raise resp.lines.error(f"{what} has no body, this one has {events} event(s)")
+    return status
+
+
+def _recorded_at(f: Fields) -> datetime:
+    try:
+        t = datetime.fromisoformat(f.get("recorded_at", str))
+    except ValueError:
+        raise f.fail("recorded_at", "must be a time such as 2025-03-06T13:50:19.000000Z") from None
+    if t.tzinfo is None:
+        raise f.fail("recorded_at", "must say its time zone (end it with Z for UTC)")
+    try:
+        utc: datetime | None = t.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-02:00 falls in the year 10000 in UTC
+        utc = None
+    if utc is None or utc.year < 1970:  # what every store and the file's format can hold
+        raise f.fail("recorded_at", "must be a time between the years 1970 and 9999 (UTC)")
+    return utc
 
 
 def _event(obj: dict[str, Any], lines: Lines) -> Event:

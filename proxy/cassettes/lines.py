@@ -8,11 +8,17 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import IO, Any, ClassVar
 
 from proxy.core.records import Headers
 from proxy.core.strict_json import reject_constant
 from proxy.errors import CassetteFileError
+
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An RFC 9110 token (section 5.6.2): what a header name or a method may be."""
+_NOT_IN_VALUE = re.compile("[\r\n\0]")
+_NOT_STORABLE = re.compile("[\0\ud800-\udfff]")
 
 
 class Lines:
@@ -120,13 +126,29 @@ class Fields:
             raise self.fail(key, "must be a number of milliseconds, 0 or more")
         return float(value)
 
+    def text(self, key: str, *, optional: bool = False) -> Any:
+        """A string a database column takes: no NUL, no lone surrogate."""
+        value = self.get(key, str, optional=optional)
+        if value is not None and (found := _NOT_STORABLE.search(value)):
+            what = "a NUL character" if found.group() == "\0" else "a lone surrogate"
+            raise self.fail(key, f"holds {what} (at character {found.start()})")
+        return value
+
     def headers(self, key: str) -> Headers:
+        """`[name, value]` pairs that can be sent again: each name an HTTP token, no value
+        with CR, LF or NUL (a lone surrogate in a value is kept: it stands for a byte that
+        was not UTF-8, and is sent as that byte)."""
         pairs = self.get(key, list)
         for pair in pairs:
             if not (
                 isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
             ):
                 raise self.fail(key, 'must be a list of ["name", "value"] pairs')
+            name, value = pair
+            if not TOKEN.fullmatch(name):
+                raise self.fail(key, f"has the name {name!r}, which is not an HTTP token")
+            if _NOT_IN_VALUE.search(value):
+                raise self.fail(key, f"has a value for {name!r} with CR, LF or NUL")
         return tuple((n, v) for n, v in pairs)
 
     def data(self, text_key: str, b64_key: str) -> bytes:

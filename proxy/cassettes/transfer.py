@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes.file_format import Header, Recorded
+from proxy.cassettes.files import open_regular
 from proxy.core.records import Outcome, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
@@ -153,14 +153,7 @@ def check_file(
 
 
 def _read(path: Path, *, max_bytes: int, max_line: int) -> Iterator[Header | Recorded]:
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size  # checked before anything is read
-        if size > max_bytes:
-            raise CassetteFileError(
-                None,
-                f"{size} bytes is more than the {max_bytes} bytes a cassette file may have",
-                str(path),
-            )
+    with open_regular(path, max_bytes=max_bytes) as f:
         yield from cassette_file.read(f, source=str(path), max_line=max_line)
 
 
