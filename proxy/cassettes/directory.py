@@ -29,11 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, file_name
-from proxy.cassettes.files import atomic_write, open_regular
+from proxy.cassettes.files import open_regular
 from proxy.cassettes.transfer import Imported
 from proxy.core.records import Recording, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.errors import CassetteFileError, ConfigError, FileChanged, SecretsFound
+from proxy.files import atomic_write
 from proxy.store import maintenance
 
 log = logging.getLogger(__name__)

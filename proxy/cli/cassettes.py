@@ -26,10 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.directory import CassetteDir
 from proxy.cassettes.file_format import SUFFIX, file_name
-from proxy.cassettes.files import atomic_write
 from proxy.config import Settings
 from proxy.core.records import Event, check_cassette_name
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
+from proxy.files import atomic_write
 from proxy.store import maintenance, migrate, queries
 from proxy.store.engine import create_engine
 from proxy.store.queries import CassetteInfo, StoredInteraction
