@@ -115,8 +115,8 @@ def _int(v: Any) -> int:
 
 def _port(v: Any) -> int:
     n = _int(v)
-    if not 0 <= n <= 65535:
-        raise ValueError("must be a port number from 0 to 65535")
+    if not 1 <= n <= 65535:  # 0 (any free port) would leave clients no way to find the proxy
+        raise ValueError("must be a port number from 1 to 65535")
     return n
 
 

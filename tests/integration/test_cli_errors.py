@@ -160,6 +160,7 @@ def test_a_misspelled_rrproxy_variable_stops_the_command(
         (["--host", " "], {}, None, "--host"),
         ([], {"RRPROXY_HOST": " "}, None, "RRPROXY_HOST"),
         ([], {}, "[timeouts]\nread = -1\n", "timeouts.read = -1"),
+        (["--port", "0"], {}, None, "--port"),
         (["--port", "-1"], {}, None, "--port"),
     ],
     ids=[
@@ -172,6 +173,7 @@ def test_a_misspelled_rrproxy_variable_stops_the_command(
         "flag-host-blank",
         "env-host-blank",
         "toml-read-negative",
+        "flag-port-zero",
         "flag-port-negative",
     ],
 )

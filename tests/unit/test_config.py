@@ -190,6 +190,7 @@ BAD = [
     ("port", 70000, "70000"),
     ("port", 8080.5, "8080.5"),  # a fraction is refused, not truncated
     ("port", True, "-1"),
+    ("port", 0, "0"),  # a port chosen by the system: no client could find the proxy
     ("upstream", "ftp://x", "api.openai.com"),
     ("upstream", "http://x/?q=1", "http://x/#f"),
     ("mode", "replay2", "recrod"),
@@ -320,10 +321,13 @@ def test_an_unknown_rrproxy_variable_is_refused_naming_the_closest(
     assert "rename or unset it" in message
 
 
-def test_every_known_variable_is_accepted() -> None:
-    """Each key's variable, and RRPROXY_CONFIG (checked with values that parse)."""
+def test_every_known_variable_is_accepted_at_once(tmp_path: Path) -> None:
+    """Each key's variable and RRPROXY_CONFIG, all set together: none is refused."""
     assert {k.env for k in KEYS} | {"RRPROXY_CONFIG"} == set(VARIABLES)
-    load_settings(environ={"RRPROXY_CONFIG": ""})  # empty: no file
+    environ = {KEYS_BY_NAME[c.key].env: c.text for c in CASES}
+    environ["RRPROXY_CONFIG"] = str(write_toml(tmp_path, {"cassette": "from-file"}))
+    settings = load_settings(environ=environ)
+    assert all(c.get(settings) == c.expected for c in CASES)
 
 
 # -- config.example.toml ------------------------------------------------------------------
