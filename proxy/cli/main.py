@@ -36,9 +36,7 @@ def _options() -> dict[str, argparse.ArgumentParser]:
     """Options several commands share, each declared once (argparse parent parsers)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    common.add_argument(
-        "-v", "--verbose", action="store_const", const=True, default=None, help="log debug lines"
-    )
+    _flag(common, "-v", "--verbose", text="log debug lines")
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--db", metavar="URL_OR_PATH", help="store: SQLite file or SQLAlchemy URL")
     directory = argparse.ArgumentParser(add_help=False)
@@ -60,9 +58,9 @@ def _cassette_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, text: str) -> None:
+def _flag(parser: argparse.ArgumentParser, *names: str, text: str) -> None:
     """A switch that is None when absent, so the file's or the environment's value stands."""
-    parser.add_argument(name, action="store_const", const=True, default=None, help=text)
+    parser.add_argument(*names, action="store_const", const=True, default=None, help=text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,11 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", help="/".join(m.value for m in Mode) + " (default auto)")
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
-    _flag(serve, "--strict", "replay: a request beyond its recordings is a miss")
+    _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
     _flag(
         serve,
         "--allow-remote",
-        "listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
+        text="listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
     )
 
     db = commands.add_parser("db", help="manage the store")
