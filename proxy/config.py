@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.hosts import check_pattern
 from proxy.core.matching import MatchRules
+from proxy.core.records import check_cassette_name
 from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 from proxy.errors import ConfigError
 
@@ -225,22 +226,6 @@ def _routes(v: Any) -> tuple[tuple[str, str], ...]:
 
 def _cassette(v: Any) -> str:
     return check_cassette_name(_str(v))
-
-
-def check_cassette_name(name: str) -> str:
-    """Cassette names become file names: no separators, no `..`, no control characters."""
-    if (
-        not name
-        or len(name) > 200
-        or name in (".", "..")
-        or any(c in name for c in "/\\")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
-    ):
-        raise ValueError(
-            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', "
-            "control characters, and not '.' or '..')"
-        )
-    return name
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The few errors rrproxy raises on purpose, each knowing the HTTP answer it becomes.
 
-A middleware in `app.py` renders them as the JSON error shape the common APIs use
+A middleware in `proxy/serve/app.py` renders them as the JSON error shape the common APIs use
 (`{"error": {"type": ..., "message": ...}}`), so an SDK shows the message as it is.
 """
 
@@ -80,3 +80,43 @@ class Refused(RrproxyError, PermissionError):
 
     status = 403
     error_type = "rrproxy_refused"
+
+
+class CassetteFileError(RrproxyError, ValueError):
+    """A cassette file that cannot be read: says which line and why."""
+
+    status = 400
+    error_type = "rrproxy_bad_cassette"
+
+    def __init__(self, line: int | None, reason: str, source: str = "cassette file"):
+        super().__init__(f"{source}, line {line}: {reason}" if line else f"{source}: {reason}")
+        self.line = line
+        self.reason = reason
+        self.source = source
+
+
+class SecretsFound(RrproxyError, ValueError):
+    """Export refused: the cassette holds key-like strings (each named by line and place)."""
+
+    status = 422
+    error_type = "rrproxy_secrets_found"
+
+    def __init__(self, cassette: str, findings: list[tuple[int, Any]]):
+        shown = [f"  line {line}: {finding}" for line, finding in findings[:20]]
+        if len(findings) > 20:
+            shown.append(f"  ... and {len(findings) - 20} more")
+        super().__init__(
+            f"refusing to export cassette {cassette!r}: it holds {len(findings)} key-like "
+            "string(s):\n" + "\n".join(shown) + "\nRemove them (redact them when recording: "
+            "see [redact] in config.example.toml, then record again), or pass --allow-secrets "
+            "if they are not secrets."
+        )
+        self.findings = findings
+
+
+class FileChanged(RrproxyError, FileExistsError):
+    """A cassette file was changed by someone else: it is not overwritten."""
+
+
+class CertificateError(ValueError):
+    """The CA directory holds files rrproxy cannot use (corrupt, mismatched, expired)."""

@@ -17,20 +17,21 @@ from pathlib import Path
 from typing import IO
 
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.directory import atomic_write
 from proxy.cassettes.file_format import file_name
-from proxy.cassettes.transfer import InteractionInfo
+from proxy.cassettes.files import atomic_write
 from proxy.cli import output
 from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import Event
-from proxy.errors import CassetteNotFound, ConfigError
+from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
+from proxy.store import maintenance, queries
+from proxy.store.queries import StoredInteraction
 
 # -- ls ---------------------------------------------------------------------------------------
 
 
 def ls_command(settings: Settings, args: argparse.Namespace) -> int:
-    infos = run(settings, lambda s: cassettes.summaries(s.reader))
+    infos = run(settings, lambda s: queries.summaries(s.reader))
     if args.json:
         output.print_json({"cassettes": [output.cassette_json(i) for i in infos]})
     elif not infos:
@@ -44,11 +45,11 @@ def ls_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def show_command(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(store: Store) -> list[tuple[InteractionInfo, list[Event]]]:
-        found = await cassettes.interactions(store.reader, args.name)
+    async def work(store: Store) -> list[tuple[StoredInteraction, list[Event]]]:
+        found = await queries.interactions(store.reader, args.name, required=True)
         if args.no_events:
             return [(i, []) for i in found]
-        return [(i, await cassettes.events(store.reader, i.id)) for i in found]
+        return [(i, await queries.events(store.reader, i.id)) for i in found]
 
     shown = run(settings, work)
     if args.json:
@@ -113,7 +114,7 @@ def import_command(settings: Settings, args: argparse.Namespace) -> int:
         if store.dir is not None:  # the file the directory would get: check it first
             found = await asyncio.to_thread(cassettes.find_secrets, path, redactor=settings.redact)
             if found:
-                raise cassettes.SecretsFound(args.as_name or path.name, found)
+                raise SecretsFound(args.as_name or path.name, found)
         result = await cassettes.import_file(
             store.writer, path, name=args.as_name, replace=args.replace, redactor=settings.redact
         )
@@ -144,7 +145,7 @@ def rm_command(settings: Settings, args: argparse.Namespace) -> int:
         missing: list[str] = []
         async with store.writer.begin() as conn:  # all or none
             for name in names:
-                if not await cassettes.delete_cassette(conn, name):
+                if not await maintenance.delete_cassette(conn, name):
                     missing.append(name)
             if missing:
                 raise CassetteNotFound(

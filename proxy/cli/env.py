@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy.config import Settings
-from proxy.errors import ConfigError
+from proxy.errors import CertificateError, ConfigError
 
 if TYPE_CHECKING:
     from proxy.forward_proxy.ca import CertificateAuthority
@@ -50,10 +50,7 @@ def variables(proxy: str, bundle: Path, ca_cert: Path) -> list[tuple[str, str]]:
 
 
 def _load_ca(settings: Settings) -> CertificateAuthority:
-    from proxy.forward_proxy.ca import (  # cryptography: only when needed
-        CertificateAuthority,
-        CertificateError,
-    )
+    from proxy.forward_proxy.ca import CertificateAuthority  # cryptography: only when needed
 
     try:
         return CertificateAuthority.load_or_create(Path(settings.ca_dir).expanduser())

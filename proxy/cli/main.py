@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy import __version__
-from proxy.config import Mode, Settings, check_cassette_name, load_settings
+from proxy.config import Mode, Settings, load_settings
+from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError, RrproxyError
 
 EXIT_ERROR = 1

@@ -16,7 +16,7 @@ from proxy.cassettes.file_format import format_time
 from proxy.core.records import Event
 
 if TYPE_CHECKING:
-    from proxy.cassettes.transfer import CassetteInfo, InteractionInfo
+    from proxy.store.queries import CassetteInfo, StoredInteraction
 
 
 def print_json(obj: object) -> None:
@@ -87,7 +87,7 @@ def cassette_json(i: CassetteInfo) -> dict[str, Any]:
 # -- show -------------------------------------------------------------------------------------
 
 
-def interaction_json(i: InteractionInfo, evs: list[Event], no_events: bool) -> dict[str, Any]:
+def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "number": i.number,
         "method": i.method,
@@ -114,7 +114,7 @@ def event_json(event: Event) -> dict[str, Any]:
         return {"t": event.t_ms, "b64": base64.b64encode(event.data).decode("ascii")}
 
 
-def interaction_text(i: InteractionInfo) -> str:
+def interaction_text(i: StoredInteraction) -> str:
     took = f"took {i.duration_ms:.0f} ms" if i.duration_ms is not None else "no end"
     state = "complete" if i.complete else i.outcome.value.replace("_", " ")
     lines = [

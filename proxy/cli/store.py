@@ -25,7 +25,7 @@ from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
 from proxy.errors import ConfigError
 from proxy.store import migrate
-from proxy.store.engine import create_engine
+from proxy.store.engine import open_store
 
 T = TypeVar("T")
 
@@ -78,18 +78,15 @@ def check_location(settings: Settings, *, create: bool) -> None:
 @asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Store]:
     """The store's engines, its schema up to date and its cassette directory loaded."""
-    writer = create_engine(settings.db_url, writer=True)
-    reader = create_engine(settings.db_url)
-    try:
-        await migrate.upgrade(writer)
+    async with (
+        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(settings.db_url, writer=False) as reader,
+    ):
         directory = None
         if settings.cassette_dir is not None:
             directory = CassetteDir(Path(settings.cassette_dir), writer, reader, settings.redact)
             await directory.load()
         yield Store(writer, reader, directory)
-    finally:
-        await reader.dispose()
-        await writer.dispose()
 
 
 def run(settings: Settings, work: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:

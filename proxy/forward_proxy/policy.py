@@ -1,13 +1,19 @@
 """What the forward proxy may do: which hosts it intercepts, tunnels blind or refuses, and
-where it may listen. Plain functions over the settings; the callers do the I/O."""
+where it may listen, and which requests would loop back to rrproxy itself. Plain functions
+over the settings and a request's addresses; the callers do the I/O."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
+from aiohttp import web
+
 from proxy.config import Mode, Settings
-from proxy.core.hosts import Target, host_matches, is_loopback
+from proxy.core.hosts import Target, host_matches, is_loopback, is_own_address
 from proxy.errors import ConfigError, Refused
+
+TARGET = web.RequestKey("rrproxy_target", Target)
+"""The origin a forward-proxied request goes to (set for CONNECT tunnels and absolute form)."""
 
 
 class Action(StrEnum):
@@ -53,3 +59,14 @@ def check_listen(settings: Settings) -> str | None:
             "refused until allow_hosts lists the hosts they may reach"
         )
     return f"listening on {settings.host} (allow_remote): reachable from the network"
+
+
+def refuse_loop(request: web.BaseRequest, settings: Settings, target: Target, what: str) -> None:
+    """Raise `Refused` when `target` is the address `request` arrived on (rrproxy itself)."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+    if is_own_address(target.host, target.port, local, settings.host):
+        raise Refused(
+            f"{what} is rrproxy's own address ({target.authority}): refused, it would loop; "
+            "point the client or the upstream/routes settings at the real service"
+        )

@@ -16,17 +16,17 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from proxy.config import Mode, Pace, Settings, check_cassette_name, parse_pace
+from proxy.config import Mode, Pace, Settings, parse_pace
 from proxy.core.headers import NOT_FORWARDED, end_to_end
-from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
 from proxy.core.sse import framer_for
 from proxy.errors import BadRequest, ReplayMiss
 from proxy.serve.index import Entry
-from proxy.serve.recorder import Recording
-from proxy.serve.relay import Tee, relay, response_head, send
+from proxy.serve.relay import Tee, relay
 from proxy.serve.replay import replay
 from proxy.serve.routing import upstream_url
 from proxy.serve.state import RunState, Services
+from proxy.serve.upstream import response_head, send
 
 log = logging.getLogger(__name__)
 

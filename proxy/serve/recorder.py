@@ -28,16 +28,15 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count, repeat
 
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.engine import checkpoint, create_writer_thread_engine, is_sqlite
-from proxy.store.writes import CoreStatements, SqliteStatements, write_batch
+from proxy.store.writes import Batch, CoreStatements, SqliteStatements, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -48,45 +47,6 @@ _LINGER_S = 0.05
 _BATCH_BYTES = 2**20
 """A batch this big is written without lingering."""
 _CHECKPOINT_BYTES = 4 * 2**20
-
-
-@dataclass(eq=False)
-class Recording:
-    """One interaction being recorded. Owned by the relay; the writer fills in `interaction_id`."""
-
-    cassette: str
-    request: Request
-    head: ResponseHead
-    started_at: datetime
-    ttfb_ms: float
-    on_committed: Callable[[Recording], None] | None = None
-    events: int = 0
-    size: int = 0
-    outcome: Outcome = Outcome.RECORDING
-    error: str | None = None
-    duration_ms: float | None = None
-    interaction_id: int | None = None
-    dropped: bool = False
-
-
-_EventRow = tuple[Recording, int, float, bytes]
-
-
-@dataclass
-class Batch:
-    begins: list[Recording] = field(default_factory=list)
-    events: list[_EventRow] = field(default_factory=list)
-    ends: list[Recording] = field(default_factory=list)
-    size: int = 0  # bytes of event data
-
-    def __len__(self) -> int:
-        return len(self.begins) + len(self.events) + len(self.ends)
-
-    def extend(self, later: Batch) -> None:
-        self.begins += later.begins
-        self.events += later.events
-        self.ends += later.ends
-        self.size += later.size
 
 
 class Recorder:

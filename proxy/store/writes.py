@@ -12,17 +12,34 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, insert, select, update
 
-from proxy.core.records import Outcome
+from proxy.core.records import Outcome, Recording
 from proxy.store.models import Cassette, Event, Interaction
 
-if TYPE_CHECKING:
-    from proxy.serve.recorder import Batch, Recording
+_EventRow = tuple[Recording, int, float, bytes]
+
+
+@dataclass
+class Batch:
+    begins: list[Recording] = field(default_factory=list)
+    events: list[_EventRow] = field(default_factory=list)
+    ends: list[Recording] = field(default_factory=list)
+    size: int = 0  # bytes of event data
+
+    def __len__(self) -> int:
+        return len(self.begins) + len(self.events) + len(self.ends)
+
+    def extend(self, later: Batch) -> None:
+        self.begins += later.begins
+        self.events += later.events
+        self.ends += later.ends
+        self.size += later.size
 
 
 def write_batch(

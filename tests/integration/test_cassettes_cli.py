@@ -16,8 +16,8 @@ from aiohttp import web
 
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.file_format import CassetteFileError
 from proxy.config import database_url
+from proxy.errors import CassetteFileError
 from proxy.store import migrate
 from proxy.store.engine import create_engine
 from tests.conftest import StartProxy, StartUpstream
