@@ -61,7 +61,12 @@ class Event:
 
 
 def check_cassette_name(name: str) -> str:
-    """Cassette names become file names: no separators, no `..`, no control characters."""
+    """Cassette names become file names: no separators, no `..`, no control characters;
+    real text (a lone surrogate, from an undecodable header byte or a JSON escape, is not)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name!r} is not a valid cassette name: it is not UTF-8 text") from None
     if (
         not name
         or len(name) > 200

@@ -11,11 +11,17 @@ replay of a recording still being written: `hurry`) or a batch reaches `_BATCH_B
 When it has nothing to write it checkpoints SQLite's WAL, which SQLite would otherwise do
 inside a commit, in the middle of a stream.
 
-Memory stays bounded. Should a healthy store fall behind a very fast stream by more than
-`high_water` bytes, `room()` holds the relay until the writer has taken the backlog (real
-LLM streams never get there). If the store fails (locked, disk full), streams are never
-held: the writer retries with backoff, and past `max_pending_bytes` the queued events are
-dropped and their interactions marked incomplete, with the reason, once the store answers.
+Memory stays bounded, and back-pressure falls on the recording that produces the bytes.
+Queued bytes are counted per recording: a relay whose recording has more than `high_water`
+bytes waiting (or all of them together more than `max_pending_bytes`) waits (`room`) until
+the writer has taken them, so a store that is slow or locked by another process slows the
+stream that outruns it while small streams go on. A store that refuses writes (full,
+read-only) holds no stream: the writer retries with backoff, and past `max_pending_bytes`
+the recordings with the most bytes waiting are dropped, largest first, and marked
+incomplete once the store answers. A batch the store can never take (an integrity error: a
+cassette deleted while it was recorded, a name that is not text) is never retried: it is
+written recording by recording, and the recordings refused are dropped. Every recording
+dropped is logged with its cassette and request and counted (`recordings_dropped`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
@@ -32,6 +39,7 @@ from datetime import UTC, datetime
 from itertools import count, repeat
 
 from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
@@ -42,7 +50,9 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
-_MAX_HOLD_S = 0.5
+MAX_HOLD_S = 60.0
+"""A relay held this long without the store taking anything of its recording goes on
+without it: the recording is dropped."""
 _LINGER_S = 0.05
 _BATCH_BYTES = 2**20
 """A batch this big is written without lingering."""
@@ -56,6 +66,7 @@ class Recorder:
         *,
         high_water: int = 4 * 2**20,
         max_pending_bytes: int = 64 * 2**20,
+        max_hold_s: float = MAX_HOLD_S,
     ):
         self._engine = engine
         # SQLite: writes run in a thread of their own on a synchronous twin of the engine
@@ -71,13 +82,16 @@ class Recorder:
             )
         self._high_water = high_water
         self._max_pending = max_pending_bytes
+        self._max_hold_s = max_hold_s
         self._pending = Batch()
         self._wakeup = asyncio.Event()  # something to write
         self._hurry = asyncio.Event()  # ... and someone waiting for it, or a batch's worth
         self._closing = False
         self._cassette_ids: dict[str, int] = {}
-        self._failing_since: float | None = None
-        self._stalled = False  # a write has taken longer than _MAX_HOLD_S
+        self._failing_since: float | None = None  # writes failing since (loop time)
+        self._refusing = False  # ... and not because the store is busy: streams are not held
+        self.recordings_dropped = 0
+        """Recordings whose events could not all be kept, since the start."""
         self._unchecked = 0  # bytes written since the last checkpoint
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
@@ -112,10 +126,11 @@ class Recorder:
             else:
                 pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
             pending.size += size
+            pending.sizes[rec] = pending.sizes.get(rec, 0) + size
             self._queued(len(events))
             if pending.size > _BATCH_BYTES:
                 self._hurry.set()
-            if pending.size > self._max_pending:
+            if pending.size > self._max_pending and self._refusing:
                 self._shed()
 
     def end(
@@ -130,47 +145,76 @@ class Recorder:
         self._wakeup.set()
 
     @property
-    def backlogged(self) -> bool:
-        """A healthy store is behind by more than `high_water`: the relay should wait."""
-        return (
-            self._pending.size > self._high_water
-            and self._failing_since is None
-            and not self._stalled
-        )
+    def failing(self) -> bool:
+        """The store's last write failed (locked past its busy timeout, full...)."""
+        return self._failing_since is not None
 
-    async def room(self) -> None:
-        """Wait until the writer has taken the backlog. A store that is failing, or whose
-        current write has not returned within `_MAX_HOLD_S` (locked, say: the driver waits
-        out its busy timeout before it fails), never holds a stream: until a write
-        succeeds, events queue (up to `max_pending_bytes`) instead."""
+    def behind(self, rec: Recording) -> bool:
+        """The store is behind `rec` by more than `high_water` (or behind everyone by more
+        than `max_pending_bytes`): its relay should wait (`room`). A store that refuses
+        writes holds nobody."""
+        pending = self._pending
+        return (
+            pending.sizes.get(rec, 0) > self._high_water or pending.size > self._max_pending
+        ) and not (self._refusing or rec.dropped)
+
+    async def room(self, rec: Recording) -> None:
+        """Wait until the writer has taken the backlog of `rec` (a slow or locked store
+        slows the stream that outruns it). Should it take nothing for `max_hold_s`, or
+        start refusing writes, the stream goes on: in the first case without its
+        recording, which is dropped."""
         try:
-            async with self._progress, asyncio.timeout(_MAX_HOLD_S):
+            async with self._progress, asyncio.timeout(self._max_hold_s):
                 await self._progress.wait_for(
                     lambda: (
-                        self._pending.size <= self._high_water // 4
-                        or self._failing_since is not None
-                        or self._stalled
+                        (
+                            self._pending.sizes.get(rec, 0) <= self._high_water // 4
+                            and self._pending.size <= self._max_pending
+                        )
+                        or self._refusing
+                        or rec.dropped
                         or self._closing
                     )
                 )
         except TimeoutError:
-            if not self._stalled:
-                self._stalled = True
-                log.warning("the store is slow to write; streams are no longer held for it")
+            self._drop({rec}, f"the store took nothing of it for {self._max_hold_s:.0f} s")
 
     def _shed(self) -> None:
-        """The store is failing and the backlog is too large: drop the queued events rather
-        than grow without bound. Their recordings end as incomplete, saying why."""
-        victims = {row[0] for row in self._pending.events}
-        for rec in victims:
-            rec.dropped = True
-        self._written += len(self._pending.events)
-        self._pending.events, self._pending.size = [], 0
+        """The store refuses writes and the backlog is too large: drop the events of the
+        recordings with the most waiting, largest first, until it is half the bound,
+        rather than grow without bound. Those recordings end as incomplete, saying why."""
+        sizes = self._pending.sizes
+        victims: set[Recording] = set()
+        left = self._pending.size
+        for rec in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if left <= self._max_pending // 2:
+                break
+            victims.add(rec)
+            left -= sizes[rec]
+        reason = f"the store refuses writes and {self._max_pending // 2**20} MiB are waiting"
+        self._drop(victims, reason)
+
+    def _drop(self, recs: set[Recording], reason: str) -> None:
+        """Drop the events of `recs`, queued and to come: their interactions are written
+        as incomplete (their begins and ends still are)."""
+        self._written += self._pending.drop_events(recs)
+        for rec in recs:
+            self._dropped(rec, reason, "it will be stored as incomplete")
+
+    def _dropped(self, rec: Recording, reason: str, then: str) -> None:
+        rec.dropped = True
+        self.recordings_dropped += 1
+        request = rec.request
+        where = request.url.split("?", 1)[0]  # no query: it may hold secrets
+        interaction = f" (interaction {rec.interaction_id})" if rec.interaction_id else ""
         log.error(
-            "the store is not keeping up (more than %d MB waiting): dropped the events of %d "
-            "recording(s); they will be marked incomplete",
-            self._max_pending // 2**20,
-            len(victims),
+            "dropped the recording of %s %s into cassette %r%s: %s; %s",
+            request.method,
+            where,
+            rec.cassette,
+            interaction,
+            reason,
+            then,
         )
 
     # -- the writer task --------------------------------------------------------------------
@@ -212,27 +256,17 @@ class Recorder:
             batch, self._pending = self._pending, Batch()
             async with self._progress:
                 self._progress.notify_all()  # room() waiters: the backlog was taken
-            try:
-                await self._write(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            unwritten, error = await self._take(batch)
+            async with self._progress:
+                self._written += len(batch) - len(unwritten)
+                self._progress.notify_all()
+            if error is not None:
                 self._cassette_ids.clear()  # a cassette may have been deleted under us
-                batch.extend(self._pending)
-                self._pending = batch
-                if self._failing_since is None:
-                    self._failing_since = asyncio.get_running_loop().time()
-                    # the driver's error, not SQLAlchemy's wrapper: that one quotes the
-                    # statement with its parameters (recorded bodies) in the log line
-                    cause = getattr(exc, "orig", None) or exc
-                    log.error(
-                        "cannot write to the store (%s: %s); streams continue, recording is "
-                        "retried",
-                        type(cause).__name__,
-                        cause,
-                    )
-                    async with self._progress:
-                        self._progress.notify_all()
+                unwritten.extend(self._pending)  # room() sees its bytes waiting again
+                self._pending = unwritten
+                await self._failed(error)
+                if self._pending.size > self._max_pending and self._refusing:
+                    self._shed()
                 if self._closing and self._give_up():
                     return
                 await asyncio.sleep(backoff)
@@ -240,14 +274,77 @@ class Recorder:
                 continue
             backoff = 0.05
             self._unchecked += batch.size
-            async with self._progress:
-                self._written += len(batch)
-                self._progress.notify_all()
-            self._stalled = False
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
-                self._failing_since = None
+                self._failing_since, self._refusing = None, False
+
+    async def _take(self, batch: Batch) -> tuple[Batch, Exception | None]:
+        """Write the batch. One the store can never take (`_refused`) is written recording
+        by recording, and the recordings refused are dropped: one bad recording never
+        holds up the others. Returns what is left to write (retried later) and why."""
+        try:
+            await self._write(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not _refused(exc):
+                return batch, exc
+        else:
             self._committed(batch)
+            return Batch(), None
+        self._cassette_ids.clear()  # the refusal may come from one deleted under us
+        parts = batch.apart()
+        for i, part in enumerate(parts):
+            try:
+                await self._write(part)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not _refused(exc):
+                    left = Batch()
+                    for rest in parts[i:]:
+                        left.extend(rest)
+                    return left, exc
+                self._refuse(part, exc)
+            else:
+                self._committed(part)
+        return Batch(), None
+
+    def _refuse(self, part: Batch, exc: Exception) -> None:
+        """The store refuses this recording's rows: drop it (its queued events too), and
+        end it for those waiting on it. Its interaction, if it was written, is marked
+        incomplete."""
+        [rec] = {*part.begins, *part.sizes, *part.ends}
+        cause = getattr(exc, "orig", None) or exc
+        integrity = isinstance(cause, sqlite3.IntegrityError) or isinstance(
+            exc, sa_exc.IntegrityError
+        )
+        hint = " (was its cassette deleted?)" if integrity else ""
+        if not rec.dropped:
+            reason = f"the store refuses it ({type(cause).__name__}: {cause}){hint}"
+            self._dropped(rec, reason, "its later events are not recorded")
+        self._written += self._pending.drop_events({rec})
+        if rec in part.ends:
+            if rec.interaction_id is not None and rec not in part.begins:
+                self._pending.ends.append(rec)  # mark it incomplete, if it is still there
+                self._queued()
+            else:
+                self._committed(Batch(ends=[rec]))
+
+    async def _failed(self, exc: Exception) -> None:
+        self._refusing = not _busy(exc)
+        if self._failing_since is None:
+            self._failing_since = asyncio.get_running_loop().time()
+            # the driver's error, not SQLAlchemy's wrapper: that one quotes the
+            # statement with its parameters (recorded bodies) in the log line
+            cause = getattr(exc, "orig", None) or exc
+            log.error(
+                "cannot write to the store (%s: %s); streams continue, recording is retried",
+                type(cause).__name__,
+                cause,
+            )
+        async with self._progress:
+            self._progress.notify_all()
 
     async def _linger(self) -> None:
         """Before a batch: let the relays run first (the first bytes of a stream go to the
@@ -331,6 +428,26 @@ class Recorder:
                 rec.on_committed(rec)
             for listener in self.listeners:
                 listener(rec)
+
+
+def _refused(exc: Exception) -> bool:
+    """Whether the store will refuse these rows however often they are tried (a foreign key
+    to a deleted row, text that cannot be encoded), as opposed to failing for now."""
+    cause = getattr(exc, "orig", None) or exc
+    return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or isinstance(
+        cause, (sqlite3.IntegrityError, sqlite3.DataError, UnicodeError, OverflowError)
+    )
+
+
+def _busy(exc: Exception) -> bool:
+    """Whether the store is only busy (SQLite locked by another connection): a slow store,
+    for which streams are held, not a failing one."""
+    cause = getattr(exc, "orig", None) or exc
+    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return isinstance(cause, sqlite3.OperationalError) and code in _BUSY_CODES
+
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 WRITER_NICENESS = 19
