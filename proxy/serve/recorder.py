@@ -84,6 +84,7 @@ class Recorder:
         self._max_pending = max_pending_bytes
         self._max_hold_s = max_hold_s
         self._pending = Batch()
+        self._writing: dict[Recording, int] = {}  # bytes by recording of the batch in hand
         self._wakeup = asyncio.Event()  # something to write
         self._hurry = asyncio.Event()  # ... and someone waiting for it, or a batch's worth
         self._closing = False
@@ -150,31 +151,36 @@ class Recorder:
         return self._failing_since is not None
 
     def behind(self, rec: Recording) -> bool:
-        """The store is behind `rec` by more than `high_water` (or behind everyone by more
-        than `max_pending_bytes`): its relay should wait (`room`). A store that refuses
-        writes holds nobody."""
+        """The store is behind `rec`: more than `high_water` of its bytes wait to be taken,
+        or twice that with those being written (a write that failed comes back), or all
+        recordings together have more than `max_pending_bytes` waiting. Its relay should
+        wait (`room`). A store that refuses writes holds nobody."""
         pending = self._pending
+        queued = pending.sizes.get(rec, 0)
         return (
-            pending.sizes.get(rec, 0) > self._high_water or pending.size > self._max_pending
+            queued > self._high_water
+            or queued + self._writing.get(rec, 0) > 2 * self._high_water
+            or pending.size > self._max_pending
         ) and not (self._refusing or rec.dropped)
+
+    def _caught_up(self, rec: Recording) -> bool:
+        pending = self._pending
+        queued = pending.sizes.get(rec, 0)
+        return (
+            queued <= self._high_water // 4
+            and queued + self._writing.get(rec, 0) <= 2 * self._high_water
+            and pending.size <= self._max_pending
+        )
 
     async def room(self, rec: Recording) -> None:
         """Wait until the writer has taken the backlog of `rec` (a slow or locked store
-        slows the stream that outruns it). Should it take nothing for `max_hold_s`, or
-        start refusing writes, the stream goes on: in the first case without its
-        recording, which is dropped."""
+        slows the stream that outruns it; the next batch fills while one is written).
+        Should it take nothing for `max_hold_s`, or start refusing writes, the stream goes
+        on: in the first case without its recording, which is dropped."""
         try:
             async with self._progress, asyncio.timeout(self._max_hold_s):
                 await self._progress.wait_for(
-                    lambda: (
-                        (
-                            self._pending.sizes.get(rec, 0) <= self._high_water // 4
-                            and self._pending.size <= self._max_pending
-                        )
-                        or self._refusing
-                        or rec.dropped
-                        or self._closing
-                    )
+                    lambda: self._caught_up(rec) or self._refusing or rec.dropped or self._closing
                 )
         except TimeoutError:
             self._drop({rec}, f"the store took nothing of it for {self._max_hold_s:.0f} s")
@@ -254,9 +260,11 @@ class Recorder:
             if not self._closing:
                 await self._linger()
             batch, self._pending = self._pending, Batch()
+            self._writing = batch.sizes
             async with self._progress:
                 self._progress.notify_all()  # room() waiters: the backlog was taken
             unwritten, error = await self._take(batch)
+            self._writing = {}
             async with self._progress:
                 self._written += len(batch) - len(unwritten)
                 self._progress.notify_all()
