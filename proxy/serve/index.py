@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.cassettes import transfer as cassettes
 from proxy.core.matching import MatchRules, closest, key_inputs, match_key
 from proxy.core.records import Outcome, Request, ResponseHead
 from proxy.store import queries
@@ -125,10 +124,10 @@ class Index:
                 entry = Entry(
                     stored.request,
                     self.key(stored.request),
-                    stored.head,
+                    stored.response,
                     stored.outcome,
                     stored.id,
-                    stored.body_size,
+                    stored.size,
                     stored.ttfb_ms,
                 )
                 entry.committed.set()
@@ -178,7 +177,7 @@ class Index:
         recorded = [e for e in c.entries if e.available]
         found = closest(request, [e.request for e in recorded], self.rules)
         if found is None:
-            summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
+            summaries = {s.name: s for s in await queries.summaries(self._engine)}
             there = summaries.get(cassette)
             if there is None:
                 names = ", ".join(sorted(summaries)) or "none yet"
