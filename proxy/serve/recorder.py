@@ -2,8 +2,9 @@
 
 Relaying never waits on the database. `begin`, `events` and `end` only append to in-memory
 lists; one task (`run`) owns every write, taking whatever has piled up and writing it in
-one transaction with a few statements (datasette's write thread, as an asyncio task; the
-statements are `proxy.store.writes`).
+one transaction with a few statements (datasette's write thread, as an asyncio task; on
+SQLite the batch goes to a thread of its own, `proxy.store.batch_writer`; the statements
+are `proxy.store.writes`).
 It lets writes gather for up to `_LINGER_S` (50 ms) before a batch: a transaction costs far
 more than a row, so batches stay few under any load, and a killed process loses only the
 last tens of milliseconds. It writes at once when someone waits for the store (`flush`, a
@@ -29,22 +30,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import count, repeat
 
-from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
-from proxy.store.engine import checkpoint, create_writer_thread_engine, is_sqlite
-from proxy.store.writes import Batch, CoreStatements, SqliteStatements, write_batch
+from proxy.store.batch_writer import BatchWriter
+from proxy.store.writes import Batch, busy, refused
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +64,7 @@ class Recorder:
         max_pending_bytes: int = 64 * 2**20,
         max_hold_s: float = MAX_HOLD_S,
     ):
-        self._engine = engine
-        # SQLite: writes run in a thread of their own on a synchronous twin of the engine
-        # (datasette's write thread): one hop per batch, not one per statement.
-        self._thread: ThreadPoolExecutor | None = None
-        self._thread_engine: Engine | None = None
-        if is_sqlite(engine.url.render_as_string(hide_password=False)):
-            self._thread = ThreadPoolExecutor(
-                1, thread_name_prefix="rrproxy-writer", initializer=_give_way
-            )
-            self._thread_engine = create_writer_thread_engine(
-                engine.url.render_as_string(hide_password=False)
-            )
+        self._db = BatchWriter(engine)  # on SQLite, a thread of its own
         self._high_water = high_water
         self._max_pending = max_pending_bytes
         self._max_hold_s = max_hold_s
@@ -226,24 +211,15 @@ class Recorder:
     # -- the writer task --------------------------------------------------------------------
 
     async def warm_up(self) -> None:
-        """Before serving: start the writer thread and have it write a recording, rolled
-        back, so that its connection is open and its statements are compiled before the
-        first batch, which would otherwise pay for them (milliseconds of CPU) in the middle
-        of the first streams."""
-        if self._thread is None or self._thread_engine is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._thread, _rehearse, self._thread_engine)
-        except Exception as exc:  # the first batch will pay, that is all
-            log.debug("the writer's warm-up failed: %s", getattr(exc, "orig", None) or exc)
+        """Before serving: the writer's connection opened, its statements compiled."""
+        await self._db.warm_up()
 
     async def run(self) -> None:
         """The writer task: until `close()`, then everything pending is written."""
         try:
             await self._run()
         finally:
-            await self._release_thread()
+            await self._db.close()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -287,7 +263,7 @@ class Recorder:
                 self._failing_since, self._refusing = None, False
 
     async def _take(self, batch: Batch) -> tuple[Batch, Exception | None]:
-        """Write the batch. One the store can never take (`_refused`) is written recording
+        """Write the batch. One the store can never take (`refused`) is written recording
         by recording, and the recordings refused are dropped: one bad recording never
         holds up the others. Returns what is left to write (retried later) and why."""
         try:
@@ -295,7 +271,7 @@ class Recorder:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if not _refused(exc):
+            if not refused(exc):
                 return batch, exc
         else:
             self._committed(batch)
@@ -308,7 +284,7 @@ class Recorder:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not _refused(exc):
+                if not refused(exc):
                     left = Batch()
                     for rest in parts[i:]:
                         left.extend(rest)
@@ -340,7 +316,7 @@ class Recorder:
                 self._committed(Batch(ends=[rec]))
 
     async def _failed(self, exc: Exception) -> None:
-        self._refusing = not _busy(exc)
+        self._refusing = not busy(exc)
         if self._failing_since is None:
             self._failing_since = asyncio.get_running_loop().time()
             # the driver's error, not SQLAlchemy's wrapper: that one quotes the
@@ -369,13 +345,7 @@ class Recorder:
         """Idle, with a long WAL behind us: move it into the database file now, between
         streams (SQLite's own checkpoints, inside a commit, are pushed far out)."""
         self._unchecked = 0
-        if self._thread is None or self._thread_engine is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._thread, checkpoint, self._thread_engine)
-        except Exception as exc:  # the next idle moment, or SQLite's own, will do it
-            log.debug("checkpoint failed: %s", getattr(exc, "orig", None) or exc)
+        await self._db.checkpoint()
 
     def _give_up(self) -> bool:
         assert self._failing_since is not None
@@ -409,26 +379,10 @@ class Recorder:
             self._progress.notify_all()
 
     async def _write(self, batch: Batch) -> None:
-        known = dict(self._cassette_ids)
-        if self._thread is not None:
-            assert self._thread_engine is not None
-            cassettes, new_ids = await asyncio.get_running_loop().run_in_executor(
-                self._thread, _write_in_thread, self._thread_engine, batch, known
-            )
-        else:
-            async with self._engine.begin() as conn:
-                cassettes, new_ids = await conn.run_sync(
-                    lambda sync: write_batch(CoreStatements(sync), batch, known)
-                )
+        cassettes, new_ids = await self._db.write(batch, dict(self._cassette_ids))
         self._cassette_ids.update(cassettes)
         for rec, interaction_id in new_ids.items():
             rec.interaction_id = interaction_id
-
-    async def _release_thread(self) -> None:
-        if self._thread is not None and self._thread_engine is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._thread_engine.dispose)
-            self._thread.shutdown(wait=False)
 
     def _committed(self, batch: Batch) -> None:
         for rec in batch.ends:
@@ -436,60 +390,3 @@ class Recorder:
                 rec.on_committed(rec)
             for listener in self.listeners:
                 listener(rec)
-
-
-def _refused(exc: Exception) -> bool:
-    """Whether the store will refuse these rows however often they are tried (a foreign key
-    to a deleted row, text that cannot be encoded), as opposed to failing for now."""
-    cause = getattr(exc, "orig", None) or exc
-    return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or isinstance(
-        cause, (sqlite3.IntegrityError, sqlite3.DataError, UnicodeError, OverflowError)
-    )
-
-
-def _busy(exc: Exception) -> bool:
-    """Whether the store is only busy (SQLite locked by another connection): a slow store,
-    for which streams are held, not a failing one."""
-    cause = getattr(exc, "orig", None) or exc
-    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF  # the primary result code
-    return isinstance(cause, sqlite3.OperationalError) and code in _BUSY_CODES
-
-
-_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-WRITER_NICENESS = 19
-
-
-def _give_way() -> None:
-    """In the writer thread, on Linux: the lowest CPU priority (nice 19), so that the
-    relays, and the clients and upstreams sharing the machine, are never kept waiting by
-    a batch. A core that nothing else wants still writes at full speed. Where the system
-    refuses, the writer writes at the process's priority: it must not fail over this."""
-    if sys.platform == "linux":  # elsewhere a thread id is not a `setpriority` target
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
-        except OSError as exc:
-            log.debug("the writer thread keeps the process's CPU priority: %s", exc)
-
-
-def _rehearse(engine: Engine) -> None:
-    """Write a recording of two events in a transaction that is rolled back."""
-    request = Request("POST", "http://rehearsal.invalid/", (("Accept", "*/*"),), b"{}")
-    head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
-    rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
-    rec.outcome = Outcome.COMPLETE
-    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            write_batch(SqliteStatements(conn), Batch([rec], events, [rec]), {})
-        finally:
-            transaction.rollback()
-
-
-def _write_in_thread(
-    engine: Engine, batch: Batch, known: dict[str, int]
-) -> tuple[dict[str, int], dict[Recording, int]]:
-    with engine.begin() as conn:
-        return write_batch(SqliteStatements(conn), batch, known)

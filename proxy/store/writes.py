@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import exc as sa_exc
 
-from proxy.core.records import Outcome, Recording
+from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.models import Cassette, Event, Interaction
 
 _EventRow = tuple[Recording, int, float, bytes]
@@ -288,3 +289,48 @@ def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any
         rec.ttfb_ms,
         *(_final(rec) if ended else _OPEN),
     )
+
+
+# -- the SQLite writer thread's units of work, and what a failed write means ---------------
+
+
+def rehearse(engine: Engine) -> None:
+    """Write a recording of two events in a transaction that is rolled back."""
+    request = Request("POST", "http://rehearsal.invalid/", (("Accept", "*/*"),), b"{}")
+    head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
+    rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
+    rec.outcome = Outcome.COMPLETE
+    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            write_batch(SqliteStatements(conn), Batch([rec], events, [rec]), {})
+        finally:
+            transaction.rollback()
+
+
+def write_in_thread(
+    engine: Engine, batch: Batch, known: dict[str, int]
+) -> tuple[dict[str, int], dict[Recording, int]]:
+    with engine.begin() as conn:
+        return write_batch(SqliteStatements(conn), batch, known)
+
+
+def refused(exc: Exception) -> bool:
+    """Whether the store will refuse these rows however often they are tried (a foreign key
+    to a deleted row, text that cannot be encoded), as opposed to failing for now."""
+    cause = getattr(exc, "orig", None) or exc
+    return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or isinstance(
+        cause, (sqlite3.IntegrityError, sqlite3.DataError, UnicodeError, OverflowError)
+    )
+
+
+def busy(exc: Exception) -> bool:
+    """Whether the store is only busy (SQLite locked by another connection): a slow store,
+    for which streams are held, not a failing one."""
+    cause = getattr(exc, "orig", None) or exc
+    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return isinstance(cause, sqlite3.OperationalError) and code in _BUSY_CODES
+
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
