@@ -20,6 +20,7 @@ PREFIX = "/_rrproxy"
 
 async def health(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    recorder = request.app[SERVICES].recorder
     return web.json_response(
         {
             "status": "ok",
@@ -27,6 +28,8 @@ async def health(request: web.Request) -> web.Response:
             "mode": settings.mode.value,
             "cassette": request.app[RUN].cassette,
             "upstream": settings.upstream,
+            "store": "failing" if recorder.failing else "ok",
+            "recordings_dropped": recorder.recordings_dropped,
         }
     )
 
