@@ -9,6 +9,17 @@
   through the same pipeline, upstream `https://host:port`.
 An intercepted CONNECT opens nothing upstream by itself: in replay mode the requests inside
 are answered from the cassette, with no DNS lookup and no connection.
+
+aiohttp internals used here (the reason pyproject.toml bounds `aiohttp<4`; check each on an
+aiohttp upgrade):
+- `TunnelServer` subclasses the low-level `web.Server`: calls `self()` for a
+  `web.RequestHandler` fed a connection by hand (`connection_made` after `loop.start_tls`),
+  overrides `connection_lost(handler, exc)`, uses `pre_shutdown()` and `shutdown()`.
+- `web.Server(request_factory=...)`: the factory's arguments (`RawRequestMessage` from
+  `aiohttp.http_parser`, `StreamReader` from `aiohttp.streams`, the handler, the writer,
+  the task) and `web.Request`'s positional constructor with `client_max_size=`, `state=`.
+- Taking a CONNECT's connection from aiohttp: writing on `request.transport`, then
+  `request.protocol.connection_lost(None)` to detach aiohttp's handler from it.
 """
 
 from __future__ import annotations

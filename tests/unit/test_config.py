@@ -3,7 +3,6 @@ precedence between them, and bad values refused with the key and its source name
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -132,33 +131,6 @@ def test_from_environment(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_from_flags(case: Case) -> None:
     assert case.get(load_settings(environ={}, flags={case.key: case.text})) == case.expected
-
-
-@pytest.mark.parametrize(
-    ("argv", "get", "expected"),
-    [
-        (["--host", "::1"], lambda s: s.host, "::1"),
-        (["--port", "9002"], lambda s: s.port, 9002),
-        (["--upstream", "http://u.test"], lambda s: s.upstream, "http://u.test"),
-        (["--mode", "passthrough"], lambda s: s.mode, Mode.PASSTHROUGH),
-        (["--cassette", "c1"], lambda s: s.cassette, "c1"),
-        (["--db", "x.db"], lambda s: s.db, "x.db"),
-        (["--pace", "2"], lambda s: s.pace, Pace(2.0)),
-        (["--strict"], lambda s: s.strict, True),
-        (["--verbose"], lambda s: s.verbose, True),
-        (["-v"], lambda s: s.verbose, True),
-    ],
-    ids=lambda v: v[0] if isinstance(v, list) else None,
-)
-def test_serve_command_line_flags(
-    argv: list[str], get: Callable[[Settings], Any], expected: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from proxy.cli import main as cli
-
-    for name in [n for n in os.environ if n.startswith("RRPROXY_")]:
-        monkeypatch.delenv(name)
-    args = cli._parser().parse_args(["serve", *argv])
-    assert get(cli._load(args)) == expected
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
