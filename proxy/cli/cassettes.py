@@ -290,7 +290,9 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
     output = args.output or file_name(name)
 
     async def write(store: _Store, out: IO[bytes]) -> int:
-        return await cassettes.export(store.reader, name, out, allow_secrets=args.allow_secrets)
+        return await cassettes.export(
+            store.reader, name, out, allow_secrets=args.allow_secrets, redactor=settings.redact
+        )
 
     if output == "-":
         with tempfile.TemporaryFile() as spool:  # nothing reaches stdout unless all is well
