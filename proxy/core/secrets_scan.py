@@ -93,9 +93,14 @@ class Finding:
 
 def scan_text(text: str) -> Iterator[tuple[str, str]]:
     """(kind, preview) for each key-like string in `text`."""
+    for kind, match in _matches(text):
+        yield kind, _preview(match.group())
+
+
+def _matches(text: str) -> Iterator[tuple[str, re.Match[str]]]:
     for kind, pattern in PATTERNS:
         for match in pattern.finditer(text):
-            yield kind, _preview(match.group())
+            yield kind, match
 
 
 def unescape_json(text: str) -> str:
@@ -202,8 +207,8 @@ class _Stream:
 
 
 class _BodyText:
-    """The body's text with JSON escapes decoded; an escape cut by an event boundary is
-    decoded with the next event."""
+    """The body's text with JSON escapes decoded (an escape cut by an event boundary is
+    decoded with the next event), and each event's on its own."""
 
     def __init__(self) -> None:
         self._stream = _Stream()
@@ -216,7 +221,11 @@ class _BodyText:
         if cut is not None and len(cut.group(1)) % 2 == 1:  # "\\" is a whole escape
             self._open = text[cut.end(1) - 1 :]
             text = text[: cut.end(1) - 1]
-        return self._stream.feed(event, unescape_json(text))
+        piece = unescape_json(text)
+        hits = self._stream.feed(event, piece)
+        if _STARTS.search(piece):  # and on its own: a key glued to the previous event's end
+            hits += [_Hit(k, m.group(), event, event) for k, m in _matches(piece)]
+        return hits
 
     def close(self, event: int) -> list[_Hit]:
         return self._stream.feed(event, self._open) + self._stream.close()
