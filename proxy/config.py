@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from proxy.core.hosts import check_pattern
 from proxy.core.matching import MatchRules
 from proxy.core.records import check_cassette_name
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 from proxy.errors import ConfigError
 
 ENV_PREFIX = "RRPROXY_"
@@ -278,6 +278,8 @@ KEYS: tuple[Key, ...] = (
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
     Key("redact", "headers", _lower_set, _add_redacted("headers", DEFAULT_HEADERS)),
     Key("redact", "query_params", _lower_set, _add_redacted("query_params", DEFAULT_QUERY_PARAMS)),
+    Key("redact", "name_contains", _lower_set, _add_redacted("name_contains", frozenset())),
+    Key("redact", "allow", _lower_set, _add_redacted("allow", DEFAULT_ALLOW)),
     Key(None, "ca_dir", _str, _set("ca_dir")),
     Key(None, "upstream_ca_bundle", _str, _set("upstream_ca_bundle")),
     Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),

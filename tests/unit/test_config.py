@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.config import KEYS, KEYS_BY_NAME, VARIABLES, Mode, Pace, Settings, load_settings
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 from proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -54,6 +54,10 @@ CASES = [
          DEFAULT_HEADERS | {"x-custom-token"}, lambda s: s.redact.headers),
     Case("redact.query_params", ["key", "Sig", "sess"], "key,Sig,sess",
          DEFAULT_QUERY_PARAMS | {"sess"}, lambda s: s.redact.query_params),
+    Case("redact.name_contains", ["Key", "session"], "key,Session", frozenset({"key", "session"}),
+         lambda s: s.redact.name_contains),  # these replace the built-in words
+    Case("redact.allow", ["X-Trace-Token", "*-key-id"], "x-trace-token,*-key-id",
+         DEFAULT_ALLOW | {"x-trace-token", "*-key-id"}, lambda s: s.redact.allow),
     Case("cassette_dir", "cassettes", "cassettes", "cassettes", lambda s: s.cassette_dir),
     Case("ca_dir", "/tmp/rr-ca", "/tmp/rr-ca", "/tmp/rr-ca", lambda s: s.ca_dir),
     Case("upstream_ca_bundle", "ca.pem", "ca.pem", "ca.pem", lambda s: s.upstream_ca_bundle),
