@@ -47,8 +47,8 @@ def forward_action(target: Target, settings: Settings) -> Action:
         passthrough or host_matches(target.host, settings.allow_hosts, target.port)
     ):
         raise Refused(
-            f"{target.host} (port {target.port}) is not in allow_hosts "
-            f"({', '.join(settings.allow_hosts)})"
+            f"{target.host} is not in allow_hosts ({', '.join(settings.allow_hosts)}) "
+            f"for port {target.port}"
         )
     if not passthrough:
         return Action.INTERCEPT

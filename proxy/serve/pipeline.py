@@ -209,7 +209,7 @@ def _log(
     log.info(
         "%s %s %s %s -> %d %s, %d %s, %.0f ms",
         ctl.mode,
-        ctl.cassette,
+        printable(ctl.cassette),
         printable(stored.method),
         _where(stored.url),
         status,
