@@ -24,14 +24,15 @@ from typing import IO, Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.directory import CassetteDir, atomic_write
+from proxy.cassettes.directory import CassetteDir
 from proxy.cassettes.file_format import SUFFIX, file_name
-from proxy.cassettes.transfer import CassetteInfo, InteractionInfo
 from proxy.config import Settings
 from proxy.core.records import Event, check_cassette_name
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
-from proxy.store import migrate
+from proxy.files import atomic_write
+from proxy.store import maintenance, migrate, queries
 from proxy.store.engine import create_engine
+from proxy.store.queries import CassetteInfo, StoredInteraction
 
 T = TypeVar("T")
 
@@ -159,7 +160,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _ls(settings: Settings, args: argparse.Namespace) -> int:
-    infos = _run(settings, lambda s: cassettes.summaries(s.reader))
+    infos = _run(settings, lambda s: queries.summaries(s.reader))
     if args.json:
         _print_json({"cassettes": [_info_json(i) for i in infos]})
     elif not infos:
@@ -199,11 +200,11 @@ def _info_json(i: CassetteInfo) -> dict[str, Any]:
 
 
 def _show(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(store: _Store) -> list[tuple[InteractionInfo, list[Event]]]:
-        found = await cassettes.interactions(store.reader, args.name)
+    async def work(store: _Store) -> list[tuple[StoredInteraction, list[Event]]]:
+        found = await queries.interactions(store.reader, args.name, required=True)
         if args.no_events:
             return [(i, []) for i in found]
-        return [(i, await cassettes.events(store.reader, i.id)) for i in found]
+        return [(i, await queries.events(store.reader, i.id)) for i in found]
 
     shown = _run(settings, work)
     if args.json:
@@ -225,7 +226,7 @@ def _show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _interaction_json(i: InteractionInfo, evs: list[Event], no_events: bool) -> dict[str, Any]:
+def _interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "number": i.number,
         "method": i.method,
@@ -252,7 +253,7 @@ def _event_json(event: Event) -> dict[str, Any]:
         return {"t": event.t_ms, "b64": base64.b64encode(event.data).decode("ascii")}
 
 
-def _interaction_text(i: InteractionInfo) -> str:
+def _interaction_text(i: StoredInteraction) -> str:
     took = f"took {i.duration_ms:.0f} ms" if i.duration_ms is not None else "no end"
     state = "complete" if i.complete else i.outcome.value.replace("_", " ")
     lines = [
@@ -350,7 +351,7 @@ def _rm(settings: Settings, args: argparse.Namespace) -> int:
         missing: list[str] = []
         async with store.writer.begin() as conn:  # all or none
             for name in names:
-                if not await cassettes.delete_cassette(conn, name):
+                if not await maintenance.delete_cassette(conn, name):
                     missing.append(name)
             if missing:
                 raise CassetteNotFound(

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from proxy.core.records import Request
+from proxy.core.strict_json import reject_constant
 
 MAX_DIFFERENCES = 5
 """How many differences `differences` lists before summing up the rest."""
@@ -186,12 +187,7 @@ def _upstream(scheme: str, netloc: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON, and NaN != NaN would make equal bodies differ.
-    raise ValueError(name)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -199,7 +195,7 @@ def _parse_json(body: bytes) -> Any:
         try:
             text = body.decode("utf-8-sig")  # as json.loads reads bytes
         except UnicodeDecodeError:
-            return json.loads(body, parse_constant=_reject_constant)  # UTF-16/32 JSON
+            return json.loads(body, parse_constant=reject_constant)  # UTF-16/32 JSON
         return _DECODER.decode(text)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         return _MISSING

@@ -60,18 +60,32 @@ class Event:
     data: bytes
 
 
+CASSETTE_FILE_SUFFIX = ".cassette.jsonl"
+MAX_FILE_NAME_BYTES = 255
+"""What file systems take for one file name (ext4, APFS, NTFS...): bytes, not characters."""
+
+
 def check_cassette_name(name: str) -> str:
-    """Cassette names become file names: no separators, no `..`, no control characters."""
+    """Cassette names become file names (`NAME.cassette.jsonl`): no separators, no `..`, no
+    control characters, real text (no lone surrogate, as a file name that is not UTF-8
+    gives), and a file name of at most 255 bytes in UTF-8."""
     if (
         not name
         or len(name) > 200
         or name in (".", "..")
         or any(c in name for c in "/\\")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        or any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name)
     ):
         raise ValueError(
-            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', "
-            "control characters, and not '.' or '..')"
+            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', control "
+            "characters or undecodable bytes, and not '.' or '..')"
+        )
+    size = len((name + CASSETTE_FILE_SUFFIX).encode("utf-8"))
+    if size > MAX_FILE_NAME_BYTES:
+        raise ValueError(
+            f"{name[:20]!r}... is not a valid cassette name: its file name "
+            f"{CASSETTE_FILE_SUFFIX!r} included would be {size} bytes in UTF-8, more than the "
+            f"{MAX_FILE_NAME_BYTES} bytes a file name may have"
         )
     return name
 

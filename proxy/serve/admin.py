@@ -23,13 +23,13 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from proxy import __version__
-from proxy.cassettes import transfer as store_cassettes
 from proxy.core.hosts import host_matches, names_this_host, parse_authority
 from proxy.core.printable import printable
 from proxy.core.records import check_cassette_name
 from proxy.errors import BadRequest, MethodNotAllowed, NotFound, NotJson, Refused, StoreError
 from proxy.serve.pipeline import read_body
 from proxy.serve.state import RUN, SERVICES, SETTINGS
+from proxy.store import queries
 
 PREFIX = "/_rrproxy"
 
@@ -58,7 +58,7 @@ async def cassettes(request: web.Request) -> web.Response:
             "the store has not taken the latest recordings within 5 s (locked, or full?); "
             "see rrproxy's log"
         ) from None
-    summaries = await store_cassettes.summaries(services.reader)
+    summaries = await queries.summaries(services.reader)
     return web.json_response(
         {
             "cassettes": [

@@ -31,8 +31,8 @@ from proxy.serve.recorder import Recorder
 from proxy.serve.replay import Bodies
 from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
 from proxy.serve.upstream import client_session, upstream_ssl_context
-from proxy.store import migrate, queries
-from proxy.store.engine import create_engine
+from proxy.store import maintenance
+from proxy.store.engine import open_store
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
-    writer = create_engine(settings.db_url, writer=True)
-    reader = create_engine(settings.db_url)
-    try:
-        await migrate.upgrade(writer)
-        repaired = await queries.mark_unfinished(writer)
+    async with (
+        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(settings.db_url, writer=False) as reader,
+    ):
+        repaired = await maintenance.mark_unfinished(writer)
         if repaired:
             log.warning(
                 "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
@@ -100,9 +100,6 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             await upstream.close()
             await recorder.close()
             await writer_task
-    finally:
-        await reader.dispose()
-        await writer.dispose()
 
 
 async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -113,8 +110,7 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     services = app[SERVICES]
-    writer = create_engine(settings.db_url, writer=True)
-    try:
+    async with open_store(settings.db_url, writer=True) as writer:
         sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
         await sync.load()
         services.recorder.listeners.append(sync.recorded)
@@ -130,8 +126,6 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
                 log.error("the store did not take the last recordings; their files are not written")
             await sync.close()
             await task
-    finally:
-        await writer.dispose()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -15,7 +15,6 @@ from urllib.parse import unquote_plus
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.cassettes import transfer as cassettes
 from proxy.core.matching import MatchRules, closest, differences, key_inputs, match_key
 from proxy.core.records import Outcome, Request, ResponseHead
 from proxy.core.redact import REDACTED
@@ -127,10 +126,10 @@ class Index:
                 entry = Entry(
                     stored.request,
                     self.key(stored.request),
-                    stored.head,
+                    stored.response,
                     stored.outcome,
                     stored.id,
-                    stored.body_size,
+                    stored.size,
                     stored.ttfb_ms,
                 )
                 entry.committed.set()
@@ -180,7 +179,7 @@ class Index:
         recorded = [e for e in c.entries if e.available]
         found = closest(request, [e.request for e in recorded], self.rules)
         if found is None:
-            summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
+            summaries = {s.name: s for s in await queries.summaries(self._engine)}
             there = summaries.get(cassette)
             if there is None:
                 names = ", ".join(sorted(summaries)) or "none yet"
