@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
+    request_body_timeout: float = 30.0  # to receive a request's whole body (else 408)
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
     # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
@@ -70,6 +72,9 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
+    admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
+    # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
+    hop_id: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)
 
     @property
     def db_url(self) -> str:
@@ -273,6 +278,7 @@ KEYS: tuple[Key, ...] = (
     Key("timeouts", "connect", _positive, _set("connect_timeout")),
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
+    Key("timeouts", "request_body", _positive, _set("request_body_timeout")),
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
@@ -286,6 +292,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
     Key(None, "routes", _routes, _set("routes")),
+    Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
 CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"  # names the TOML file

@@ -37,9 +37,17 @@ from aiohttp.streams import StreamReader
 
 from proxy.config import Settings
 from proxy.core.hosts import Target, parse_absolute, parse_authority
+from proxy.core.printable import printable
 from proxy.errors import BadRequest, CertificateError, ConfigError, RrproxyError, UpstreamError
 from proxy.forward_proxy.ca import CertificateAuthority
-from proxy.forward_proxy.policy import TARGET, Action, check_listen, forward_action, refuse_loop
+from proxy.forward_proxy.policy import (
+    TARGET,
+    Action,
+    check_listen,
+    check_loops,
+    forward_action,
+    refuse_loop,
+)
 from proxy.forward_proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -128,8 +136,10 @@ class Interceptor:
             return await self.handler(request)
         except RrproxyError as exc:
             if exc.status >= 500:
-                where = request[TARGET].origin + request.path
-                log.warning("%s %s -> %d: %s", request.method, where, exc.status, exc)
+                where = printable(request[TARGET].origin + request.path)
+                log.warning(
+                    "%s %s -> %d: %s", printable(request.method), where, exc.status, printable(exc)
+                )
             return self._render_error(exc)
 
     async def ca(self) -> CertificateAuthority:
@@ -284,6 +294,7 @@ def setup(
     """Make `app` a forward proxy too: the middleware (after the error middleware, which
     renders its refusals) and the interceptor's lifetime. `handler` serves each request
     (absolute form, or inside a decrypted tunnel) once its target is known."""
+    check_loops(settings)
     warning = check_listen(settings)
     if warning is not None:
         log.warning(warning)
