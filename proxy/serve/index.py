@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,9 +54,17 @@ class _Cassette:
 
 @dataclass(frozen=True)
 class Miss:
-    """Why no recording answers: the message names the cassette and the closest difference."""
+    """No recording answers this request. Replay mode answers `message` (it names the
+    cassette and, when there is one, the closest recording and how it differs); auto mode
+    records the request under `key`."""
 
+    key: str
     message: str
+    log: str = "missed"  # what the log line says
+
+
+COMMIT_WAIT_S = 10.0
+"""How long a replay waits for a recording of this run to reach the store."""
 
 
 _PRUNE_AT_LEAST = 256
@@ -141,7 +150,61 @@ class Index:
             fresh.add(self._keyed(entry))
         return fresh
 
-    async def next_unused(self, cassette: str, key: str) -> Entry | None:
+    async def resolve(
+        self,
+        cassette: str,
+        request: Request,
+        *,
+        replay: bool,
+        strict: bool,
+        hurry: Callable[[], None],
+    ) -> Entry | Miss:
+        """The recording that answers `request` (redacted) in this run, or why none does.
+
+        Auto mode (`replay` false): the next unused recording of this key, else a miss (the
+        request is recorded). Replay mode: the n-th recording for the n-th request, then the
+        last one again (a miss when `strict`). A recording of this very run that is not yet
+        in the store is waited for (`hurry` asks the recorder to write it now).
+        """
+        key = self.key(request)
+        if replay:
+            found = await self._for_replay(cassette, key, request, strict=strict)
+        else:
+            found = await self._next_unused(cassette, key) or Miss(
+                key, f"no unused recording in cassette {cassette!r}"
+            )
+        if isinstance(found, Miss):
+            return found
+        return await self._ready(cassette, key, request, found, hurry)
+
+    async def _ready(
+        self, cassette: str, key: str, request: Request, entry: Entry, hurry: Callable[[], None]
+    ) -> Entry | Miss:
+        """`entry` once it is in the store. A recording of this run is replayable once its
+        last batch is written, unless its events had to be dropped meanwhile (the store was
+        failing)."""
+        where = f"{request.method} {request.url} in cassette {cassette!r}"
+        if not entry.committed.is_set():
+            hurry()
+            try:
+                await asyncio.wait_for(entry.committed.wait(), COMMIT_WAIT_S)
+            except TimeoutError:
+                return Miss(
+                    key,
+                    f"the recording of {where} is still being written to the store, which is "
+                    "slow or failing (see rrproxy's log); try again",
+                    "missed (recording not in the store yet)",
+                )
+        if not entry.available:
+            return Miss(
+                key,
+                f"the recording of {where} is incomplete: its events could not all be "
+                "written to the store. Record it again.",
+                "missed (recording incomplete)",
+            )
+        return entry
+
+    async def _next_unused(self, cassette: str, key: str) -> Entry | None:
         """Auto mode: the next recording for this key in this run, if one is left."""
         c = await self._cassette(cassette)
         candidates = c.by_key.get(key, [])
@@ -151,11 +214,11 @@ class Index:
             return candidates[n]
         return None
 
-    async def for_replay(
+    async def _for_replay(
         self, cassette: str, key: str, request: Request, *, strict: bool
     ) -> Entry | Miss:
         """Replay mode: the n-th recording for the n-th request, then the last one again
-        (or a miss when `strict`)."""
+        (or a miss when `strict`). Before a miss, the cassette is read again."""
         for reload in (False, True):
             c = await self._cassette(cassette, reload=reload)
             candidates = [e for e in c.by_key.get(key, []) if e.available]
@@ -167,13 +230,14 @@ class Index:
                 return candidates[-1]
             if candidates:
                 return Miss(
+                    key,
                     f"cassette {cassette!r} has {len(candidates)} recording(s) of this request "
                     f"and all were used in this run (strict replay); record it again, or "
-                    f"POST /_rrproxy/reset to start a new run"
+                    f"POST /_rrproxy/reset to start a new run",
                 )
-        return await self._miss(cassette, request, c)
+        return await self._miss(cassette, key, request, c)
 
-    async def _miss(self, cassette: str, request: Request, c: _Cassette) -> Miss:
+    async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
         where = f"{request.method} {request.url}"
         recorded = [e for e in c.entries if e.available]
         found = closest(request, [e.request for e in recorded], self.rules)
@@ -191,14 +255,16 @@ class Index:
             else:
                 why = f"cassette {cassette!r} is empty"
             return Miss(
+                key,
                 f"no recording for {where}: {why}. Record it first (mode record or auto), "
-                "or choose another cassette."
+                "or choose another cassette.",
             )
         i, diffs = found
         near = recorded[i].request
         return Miss(
+            key,
             f"no recording in cassette {cassette!r} for {where}. The closest recorded request "
-            f"({near.method} {near.url}) differs: " + "; ".join(diffs)
+            f"({near.method} {near.url}) differs: " + "; ".join(diffs),
         )
 
     def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
