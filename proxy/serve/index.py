@@ -1,42 +1,35 @@
-"""Which recording answers which request: a cassette's interactions by match key, and the
-per-run counters that give the n-th identical request the n-th recording.
+"""Which recording answers which request (`Index.resolve`: the replay policy in one place):
+a cassette's interactions by match key, the per-run counters that give the n-th identical
+request the n-th recording, and, when none answers, why.
 
-Each cassette's heads are loaded once per run and kept in memory; recordings made by this
-process join as they start. A miss reloads the cassette once (another proxy sharing the
-store may have recorded it) before it is declared.
+Each cassette's interactions are loaded once per run and kept in memory without their
+request bodies (see `entry`): the bodies are read from the store a page at a time while
+their keys are computed, off the event loop, and a row seen before is not read again.
+Recordings made by this process join as they start, with their request body until the
+store has it. A replay miss reloads the cassette once (another proxy sharing the store may
+have recorded it) before it is declared, and names the closest recording (see `nearest`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
-from proxy.core.matching import MatchRules, closest, key_inputs, match_key
-from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.matching import MatchRules, input_digest, match_key
+from proxy.core.records import Outcome, Request
+from proxy.serve.entry import Computed, Entry, Row, compute_all, entry_of, row_of
+from proxy.serve.nearest import Closest
 from proxy.store import queries
 
-
-@dataclass(eq=False)
-class Entry:
-    """One recorded interaction as replay sees it."""
-
-    request: Request
-    key: str | None  # None until needed (record mode does not match)
-    head: ResponseHead
-    outcome: Outcome
-    interaction_id: int | None = None
-    body_size: int = 0
-    ttfb_ms: float = 0.0
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def available(self) -> bool:
-        return self.outcome.replayable
+COMMIT_WAIT_S = 10.0
+"""How long a replay waits for a recording of this run to reach the store."""
+_PAGE = 64
+"""Request bodies read (and keyed) at a time when a cassette loads."""
 
 
 @dataclass
@@ -45,6 +38,7 @@ class _Cassette:
     by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
+    computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -63,10 +57,6 @@ class Miss:
     log: str = "missed"  # what the log line says
 
 
-COMMIT_WAIT_S = 10.0
-"""How long a replay waits for a recording of this run to reach the store."""
-
-
 _PRUNE_AT_LEAST = 256
 """Entries of a cassette not loaded yet, before the committed ones are pruned."""
 
@@ -81,18 +71,22 @@ class Index:
         # Those committed meanwhile are in the store: they are pruned as the list doubles.
         self._not_loaded: dict[str, list[Entry]] = defaultdict(list)
         self._prune_at: dict[str, int] = {}
-        # The keys of the recordings held, by what the key is computed from (`key_inputs`).
-        self._keys: dict[tuple[object, ...], str] = {}
+        # The keys of the recordings held, by the digest of what the key is computed from.
+        self._keys: dict[bytes, str] = {}
+        self._closest = Closest(engine, rules)
 
     def key(self, request: Request) -> str:
-        known = self._keys.get(key_inputs(request, self.rules))
+        known = self._keys.get(input_digest(request, self.rules))
         return known if known is not None else match_key(request, self.rules)
 
     def _keyed(self, entry: Entry) -> Entry:
-        inputs = key_inputs(entry.request, self.rules)
+        """A recording that starts (its body is at hand), with its key."""
+        assert entry.body is not None
+        request = entry.request(entry.body)
+        digest = input_digest(request, self.rules)
         if entry.key is None:
-            entry.key = self._keys.get(inputs) or match_key(entry.request, self.rules)
-        self._keys[inputs] = entry.key
+            entry.key = self._keys.get(digest) or match_key(request, self.rules)
+        self._keys[digest] = entry.key
         return entry
 
     def reset(self) -> None:
@@ -118,37 +112,61 @@ class Index:
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
         their rows: a recording that just ended) taking precedence."""
-        rows = await queries.interactions(self._engine, name)
+        rows = await queries.interaction_heads(self._engine, name)
         # This process's entries, taken after the read: one whose recording is still being
         # written has no id yet (its row, if read, says "recording" and is left out).
         own = [*(previous.entries if previous else ()), *self._not_loaded.pop(name, ())]
         self._prune_at.pop(name, None)
         mine = {e.interaction_id: e for e in own if e.interaction_id is not None}
-        in_flight = [e for e in own if e.interaction_id is None]
+        in_flight = [e for e in own if e.interaction_id is None and e.body is not None]
+        known = previous.computed if previous else {}
+        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
         merged: list[Entry] = []
         for stored in rows:
             entry = mine.pop(stored.id, None)
             if entry is None:
                 if stored.outcome is Outcome.RECORDING:
                     continue  # not replayable (yet); this process's own are in `in_flight`
-                entry = Entry(
-                    stored.request,
-                    self.key(stored.request),
-                    stored.head,
-                    stored.outcome,
-                    stored.id,
-                    stored.body_size,
-                    stored.ttfb_ms,
-                )
-                entry.committed.set()
-            if entry.outcome is not Outcome.INCOMPLETE:  # never replayed; auto records again
-                merged.append(entry)
+                entry = entry_of(stored)
+            if entry.outcome is Outcome.INCOMPLETE:
+                continue  # never replayed; auto records again
+            entry.row = row_of(stored)
+            merged.append(entry)
+            if (done := known.get(entry.row)) is not None:
+                self._computed(fresh, entry, done)
         merged.extend(mine.values())
         merged.extend(in_flight)  # still recording, not yet (all) in the store
-        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
+        await self._compute(fresh, [e for e in merged if e.key is None or e.sketch is None])
         for entry in merged:
-            fresh.add(self._keyed(entry))
+            if entry.key is not None:  # else its request is gone from the store
+                fresh.add(entry)
         return fresh
+
+    async def _compute(self, fresh: _Cassette, entries: Sequence[Entry]) -> None:
+        """Key and sketch the entries, a page at a time (bodies read from the store when
+        not at hand), off the event loop."""
+        for at in range(0, len(entries), _PAGE):
+            page = entries[at : at + _PAGE]
+            ids = [i for e in page if e.body is None and (i := e.interaction_id) is not None]
+            bodies = await queries.request_bodies(self._engine, ids) if ids else {}
+            requests: list[Request | None] = []
+            for e in page:
+                body = e.body
+                if body is None and e.interaction_id is not None:
+                    body = bodies.get(e.interaction_id)
+                requests.append(None if body is None else e.request(body))
+            done = await asyncio.to_thread(compute_all, requests, self.rules)
+            for entry, computed in zip(page, done, strict=True):
+                if computed is not None:
+                    self._computed(fresh, entry, computed)
+
+    def _computed(self, fresh: _Cassette, entry: Entry, computed: Computed) -> None:
+        key, digest, entry.sketch = computed
+        if entry.key is None:
+            entry.key = key
+        self._keys[digest] = key
+        if entry.row is not None:
+            fresh.computed[entry.row] = computed
 
     async def resolve(
         self,
@@ -239,33 +257,30 @@ class Index:
 
     async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
         where = f"{request.method} {request.url}"
-        recorded = [e for e in c.entries if e.available]
-        found = closest(request, [e.request for e in recorded], self.rules)
+        found = await self._closest.find(request, [e for e in c.entries if e.available])
         if found is None:
-            summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
-            there = summaries.get(cassette)
-            if there is None:
-                names = ", ".join(sorted(summaries)) or "none yet"
-                why = f"there is no cassette named {cassette!r} in the store (cassettes: {names})"
-            elif there.incomplete:
-                why = (
-                    f"cassette {cassette!r} holds only incomplete recordings "
-                    f"({there.incomplete}), which are never replayed"
-                )
-            else:
-                why = f"cassette {cassette!r} is empty"
-            return Miss(
-                key,
-                f"no recording for {where}: {why}. Record it first (mode record or auto), "
-                "or choose another cassette.",
-            )
-        i, diffs = found
-        near = recorded[i].request
+            return Miss(key, f"no recording for {where}: {await self._why_none(cassette)}")
+        near, diffs = found
         return Miss(
             key,
             f"no recording in cassette {cassette!r} for {where}. The closest recorded request "
             f"({near.method} {near.url}) differs: " + "; ".join(diffs),
         )
+
+    async def _why_none(self, cassette: str) -> str:
+        summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
+        there = summaries.get(cassette)
+        if there is None:
+            names = ", ".join(sorted(summaries)) or "none yet"
+            why = f"there is no cassette named {cassette!r} in the store (cassettes: {names})"
+        elif there.incomplete:
+            why = (
+                f"cassette {cassette!r} holds only incomplete recordings "
+                f"({there.incomplete}), which are never replayed"
+            )
+        else:
+            why = f"cassette {cassette!r} is empty"
+        return f"{why}. Record it first (mode record or auto), or choose another cassette."
 
     def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
         """A recording starts: it becomes this key's next recording (and counts as used by

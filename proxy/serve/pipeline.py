@@ -22,7 +22,7 @@ from proxy.core.headers import NOT_FORWARDED, end_to_end
 from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
 from proxy.core.sse import framer_for
 from proxy.errors import BadRequest, ReplayMiss
-from proxy.serve.index import Entry
+from proxy.serve.entry import Entry
 from proxy.serve.relay import Tee, relay
 from proxy.serve.replay import replay
 from proxy.serve.routing import upstream_url
@@ -137,16 +137,12 @@ class _StartRecording:
     def __call__(self) -> Tee:
         services, cassette = self.call.services, self.call.ctl.cassette
         redacted = services.redactor.head(self.head)
-        entry = Entry(self.call.stored, self.key, redacted, Outcome.RECORDING, ttfb_ms=self.ttfb)
+        entry = Entry.recording(self.call.stored, self.key, redacted, self.ttfb)
 
         def committed(rec: Recording) -> None:
-            entry.interaction_id = rec.interaction_id
             if rec.interaction_id is not None:
                 services.bodies.forget(rec.interaction_id)
-            entry.body_size = rec.size
-            if rec.dropped:
-                entry.outcome = Outcome.INCOMPLETE
-            entry.committed.set()
+            entry.stored(rec.interaction_id, rec.size, dropped=rec.dropped)
 
         def ended(outcome: Outcome) -> None:
             entry.outcome = outcome  # replayable now; replay waits for `committed`

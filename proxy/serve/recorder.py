@@ -248,6 +248,7 @@ class Recorder:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since = None
             self._committed(batch)
+            del batch  # its recordings hold request bodies: not kept while the writer waits
 
     async def _linger(self) -> None:
         """Before a batch: let the relays run first (the first bytes of a stream go to the

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.records import Outcome, Request, ResponseHead, header_pairs
+from proxy.core.records import Headers, Outcome, Request, ResponseHead, header_pairs
 from proxy.store.models import Cassette, Event, Interaction
 
 
@@ -123,3 +124,66 @@ async def small_bodies(
         for row in await conn.execute(stmt):
             bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data))
     return bodies
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    """An interaction as the replay index keeps it: all but the bodies (`request_bodies`
+    reads the request's when it is needed)."""
+
+    id: int
+    method: str
+    url: str
+    request_headers: Headers
+    request_size: int
+    started_at: datetime
+    head: ResponseHead
+    outcome: Outcome
+    body_size: int
+    ttfb_ms: float
+
+
+async def interaction_heads(engine: AsyncEngine, cassette: str) -> list[StoredHead]:
+    """A cassette's interactions without their bodies, in recording order."""
+    stmt = (
+        select(
+            Interaction.id,
+            Interaction.method,
+            Interaction.url,
+            Interaction.request_headers,
+            func.length(Interaction.request_body).label("request_size"),
+            Interaction.started_at,
+            Interaction.status,
+            Interaction.response_headers,
+            Interaction.outcome,
+            Interaction.body_size,
+            Interaction.ttfb_ms,
+        )
+        .join(Cassette)
+        .where(Cassette.name == cassette)
+        .order_by(Interaction.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        StoredHead(
+            id=r.id,
+            method=r.method,
+            url=r.url,
+            request_headers=header_pairs(r.request_headers),
+            request_size=r.request_size or 0,
+            started_at=r.started_at,
+            head=ResponseHead(r.status, header_pairs(r.response_headers)),
+            outcome=Outcome(r.outcome),
+            body_size=r.body_size,
+            ttfb_ms=r.ttfb_ms,
+        )
+        for r in rows
+    ]
+
+
+async def request_bodies(engine: AsyncEngine, ids: Sequence[int]) -> dict[int, bytes]:
+    """The request bodies of these interactions (those that still exist), by id."""
+    stmt = select(Interaction.id, Interaction.request_body).where(Interaction.id.in_(ids))
+    async with engine.connect() as conn:
+        return {r.id: r.request_body for r in await conn.execute(stmt)}

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxy.core.matching import MatchRules
-from proxy.core.records import Outcome, Request, ResponseHead
-from proxy.serve.index import Entry, Index
+from proxy.core.records import Request, ResponseHead
+from proxy.serve.entry import Entry
+from proxy.serve.index import Index
 from proxy.store.engine import create_engine
 
 
 def entry(n: int) -> Entry:
     request = Request("POST", f"http://127.0.0.1:1/v1/{n}", (), b"")
-    return Entry(request, None, ResponseHead(200, ()), Outcome.RECORDING)
+    return Entry.recording(request, None, ResponseHead(200, ()), 0.0)
 
 
 async def test_recordings_already_in_the_store_are_not_held_in_memory(tmp_path: Path) -> None:

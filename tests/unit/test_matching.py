@@ -11,7 +11,7 @@ from proxy.core.matching import (
     MatchRules,
     closest,
     differences,
-    key_inputs,
+    input_digest,
     match_key,
 )
 from proxy.core.records import Request
@@ -311,7 +311,7 @@ def test_different_key(
     assert match_key(wanted, rules) != match_key(recorded, rules)
     assert differences(wanted, recorded, rules) == [expected]
     # The index looks a key up by these: requests with different keys must differ in them.
-    assert key_inputs(wanted, rules) != key_inputs(recorded, rules)
+    assert input_digest(wanted, rules) != input_digest(recorded, rules)
 
 
 def test_key_is_a_stable_sha256_hex() -> None:
