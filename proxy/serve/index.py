@@ -13,6 +13,7 @@ have recorded it) before it is declared, and names the closest recording (see `n
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from proxy.core.records import Outcome, Request
 from proxy.serve.entry import Computed, Entry, Row, compute_all, entry_of, row_of
 from proxy.serve.nearest import Closest
 from proxy.store import queries
+
+log = logging.getLogger(__name__)
 
 COMMIT_WAIT_S = 10.0
 """How long a replay waits for a recording of this run to reach the store."""
@@ -257,7 +260,9 @@ class Index:
 
     async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
         where = f"{request.method} {request.url}"
-        found = await self._closest.find(request, [e for e in c.entries if e.available])
+        recorded = [e for e in c.entries if e.available]
+        log.debug("miss in cassette %r: the closest of %d recordings?", cassette, len(recorded))
+        found = await self._closest.find(request, recorded)
         if found is None:
             return Miss(key, f"no recording for {where}: {await self._why_none(cassette)}")
         near, diffs = found
