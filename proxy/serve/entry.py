@@ -76,14 +76,15 @@ class Entry:
         return Candidate(self.method, self.url, self.headers, self.request_size, self.sketch or ())
 
 
-def row_of(stored: queries.StoredHead) -> Row:
+def row_of(entry: Entry, started_at: datetime) -> Row:
+    assert entry.interaction_id is not None
     return (
-        stored.id,
-        stored.started_at,
-        stored.request_size,
-        stored.method,
-        stored.url,
-        stored.request_headers,
+        entry.interaction_id,
+        started_at,
+        entry.request_size,
+        entry.method,
+        entry.url,
+        entry.headers,
     )
 
 

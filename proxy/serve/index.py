@@ -115,25 +115,28 @@ class Index:
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
         their rows: a recording that just ended) taking precedence."""
-        rows = await queries.interaction_heads(self._engine, name)
+        stamps = await queries.interaction_stamps(self._engine, name)
         # This process's entries, taken after the read: one whose recording is still being
         # written has no id yet (its row, if read, says "recording" and is left out).
         own = [*(previous.entries if previous else ()), *self._not_loaded.pop(name, ())]
         self._prune_at.pop(name, None)
         mine = {e.interaction_id: e for e in own if e.interaction_id is not None}
         in_flight = [e for e in own if e.interaction_id is None and e.body is not None]
+        # Only the interactions not held yet are read (a reload reads the new ones).
+        new = [s.id for s in stamps if s.id not in mine and s.outcome is not Outcome.RECORDING]
+        heads = {h.id: h for h in await queries.interaction_heads(self._engine, name, new)}
         known = previous.computed if previous else {}
         fresh = _Cassette(used=previous.used if previous else defaultdict(int))
         merged: list[Entry] = []
-        for stored in rows:
-            entry = mine.pop(stored.id, None)
+        for stamp in stamps:
+            entry = mine.pop(stamp.id, None)
             if entry is None:
-                if stored.outcome is Outcome.RECORDING:
-                    continue  # not replayable (yet); this process's own are in `in_flight`
-                entry = entry_of(stored)
+                if (head := heads.get(stamp.id)) is None:
+                    continue  # recording (this process's own are in `in_flight`), or deleted
+                entry = entry_of(head)
             if entry.outcome is Outcome.INCOMPLETE:
                 continue  # never replayed; auto records again
-            entry.row = row_of(stored)
+            entry.row = row_of(entry, stamp.started_at)
             merged.append(entry)
             if (done := known.get(entry.row)) is not None:
                 self._computed(fresh, entry, done)

@@ -143,8 +143,45 @@ class StoredHead:
     ttfb_ms: float
 
 
-async def interaction_heads(engine: AsyncEngine, cassette: str) -> list[StoredHead]:
-    """A cassette's interactions without their bodies, in recording order."""
+@dataclass(frozen=True)
+class Stamp:
+    """What tells a stored interaction from another, and whether it is still recording."""
+
+    id: int
+    started_at: datetime
+    request_size: int
+    outcome: Outcome
+
+
+async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
+    """A cassette's interactions, in recording order, as little as tells them apart."""
+    stmt = (
+        select(
+            Interaction.id,
+            Interaction.started_at,
+            func.length(Interaction.request_body).label("request_size"),
+            Interaction.outcome,
+        )
+        .join(Cassette)
+        .where(Cassette.name == cassette)
+        .order_by(Interaction.id)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [Stamp(r.id, r.started_at, r.request_size or 0, Outcome(r.outcome)) for r in rows]
+
+
+async def interaction_heads(
+    engine: AsyncEngine, cassette: str, ids: Sequence[int]
+) -> list[StoredHead]:
+    """These interactions of a cassette without their bodies, in recording order."""
+    heads: list[StoredHead] = []
+    for at in range(0, len(ids), 500):
+        heads += await _heads(engine, cassette, ids[at : at + 500])
+    return heads
+
+
+async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list[StoredHead]:
     stmt = (
         select(
             Interaction.id,
@@ -160,7 +197,7 @@ async def interaction_heads(engine: AsyncEngine, cassette: str) -> list[StoredHe
             Interaction.ttfb_ms,
         )
         .join(Cassette)
-        .where(Cassette.name == cassette)
+        .where(Cassette.name == cassette, Interaction.id.in_(ids))
         .order_by(Interaction.id)
     )
     async with engine.connect() as conn:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.cassettes import file_format
 from proxy.core.records import Event, Outcome, Request, ResponseHead
-from tests.conftest import StartProxy
+from proxy.serve.state import SERVICES
+from tests.conftest import StartProxy, StartUpstream
 from tests.proc import run_cli
 
 RECORDINGS = 2_000
@@ -108,3 +110,31 @@ async def test_a_miss_against_a_big_cassette_lets_the_proxy_answer_meanwhile(
     why = message.split(closest)[1]
     assert why.startswith('body field "messages.3.content": "changed" != "1234:3 lorem ipsum')
     assert "; " not in why
+
+
+async def test_the_index_keeps_no_request_body_once_it_is_stored(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """Auto mode records unique big requests: the store has their bodies, the index not
+    (nor after a miss has read them back to explain itself)."""
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"n": len((await request.json())["messages"])})
+
+    app.router.add_post("/v1/chat/completions", answer)
+    proxy = await start_proxy(await start_upstream(app), cassette="c")
+    url = proxy.make_url("/v1/chat/completions")
+    async with aiohttp.ClientSession() as client:
+        for n in range(20):
+            async with client.post(url, json=chat(n)) as response:
+                assert response.headers["Rrproxy-Source"] == "recorded"
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")):
+            pass  # every recording is in the store
+        index = proxy.app[SERVICES].index
+        assert [e.body for e in index._cassettes["c"].entries] == [None] * 20
+        async with client.post(url, json=chat(99), headers={"Rrproxy-Mode": "replay"}) as miss:
+            assert miss.status == 404
+    entries = index._cassettes["c"].entries
+    assert [e.body for e in entries] == [None] * 20
+    assert all(e.sketch for e in entries)
