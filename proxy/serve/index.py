@@ -149,22 +149,28 @@ class Index:
         return fresh
 
     async def _compute(self, fresh: _Cassette, entries: Sequence[Entry]) -> None:
-        """Key and sketch the entries, a page at a time (bodies read from the store when
-        not at hand), off the event loop."""
+        """Key and sketch the entries, a page at a time, off the event loop. (A page's
+        bodies are read before it is computed, not during: a thread that holds the GIL
+        would slow each of the many small steps of a read down to the switch interval.)"""
         for at in range(0, len(entries), _PAGE):
             page = entries[at : at + _PAGE]
-            ids = [i for e in page if e.body is None and (i := e.interaction_id) is not None]
-            bodies = await queries.request_bodies(self._engine, ids) if ids else {}
-            requests: list[Request | None] = []
-            for e in page:
-                body = e.body
-                if body is None and e.interaction_id is not None:
-                    body = bodies.get(e.interaction_id)
-                requests.append(None if body is None else e.request(body))
+            requests = await self._requests(page)
             done = await asyncio.to_thread(compute_all, requests, self.rules)
             for entry, computed in zip(page, done, strict=True):
                 if computed is not None:
                     self._computed(fresh, entry, computed)
+
+    async def _requests(self, entries: Sequence[Entry]) -> list[Request | None]:
+        """Each entry's request with its body (None for one gone from the store)."""
+        ids = [i for e in entries if e.body is None and (i := e.interaction_id) is not None]
+        bodies = await queries.request_bodies(self._engine, ids) if ids else {}
+        requests: list[Request | None] = []
+        for e in entries:
+            body = e.body
+            if body is None and e.interaction_id is not None:
+                body = bodies.get(e.interaction_id)
+            requests.append(None if body is None else e.request(body))
+        return requests
 
     def _computed(self, fresh: _Cassette, entry: Entry, computed: Computed) -> None:
         key, digest, entry.sketch = computed

@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from proxy.cassettes import file_format
 from proxy.core.records import Event, Outcome, Request, ResponseHead
 from proxy.serve.state import SERVICES
 from tests.conftest import StartProxy, StartUpstream
-from tests.proc import run_cli
+from tests.proc import clean_env
 
 RECORDINGS = 2_000
 BODY_BYTES = 50_000
@@ -55,7 +57,11 @@ def big_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     path = tmp / "big.cassette.jsonl"
     path.write_bytes(file_format.dump("big", recordings))
-    result = run_cli("import", str(path), "--db", str(tmp / "big.db"), cwd=tmp)
+    # `run_cli`'s timeout is for commands that end quickly; this one imports 100 MB
+    command = [sys.executable, "-m", "proxy", "import", str(path), "--db", str(tmp / "big.db")]
+    result = subprocess.run(
+        command, cwd=tmp, env=clean_env(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     return tmp / "big.db"
 
@@ -86,18 +92,21 @@ async def test_a_miss_against_a_big_cassette_lets_the_proxy_answer_meanwhile(
     proxy = await start_proxy(URL.removesuffix("/v1/chat/completions"), mode="replay")
     url = proxy.make_url("/v1/chat/completions")
     headers = {"Rrproxy-Cassette": "big"}
-    async with aiohttp.ClientSession() as client:
+    health = proxy.make_url("/_rrproxy/health")
+    async with aiohttp.ClientSession() as client, aiohttp.ClientSession() as prober:
         async with client.post(url, json=chat(7), headers=headers) as hit:  # loads the cassette
             assert hit.headers["Rrproxy-Source"] == "replayed"
             assert json.loads(await hit.read()) == {"n": 7}
+        async with prober.get(health):
+            pass  # its connection stays open: a probe is one round trip
         wanted = chat(1234)
         wanted["messages"][3]["content"] = "changed"  # type: ignore[index]
         miss = asyncio.create_task(client.post(url, json=wanted, headers=headers))
         await explaining.wait()
         # The proxy and this test share one event loop: were the miss explained on it,
         # nothing here would run until the miss had been answered.
-        async with client.get(proxy.make_url("/_rrproxy/health")) as health:
-            assert health.status == 200
+        async with prober.get(health) as probe:
+            assert probe.status == 200
         assert not miss.done()
         async with await miss as response:
             assert response.status == 404
