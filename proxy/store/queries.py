@@ -9,19 +9,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.records import Headers, Outcome, Request, ResponseHead, header_pairs
+from proxy.core.records import Headers, Outcome, ResponseHead, header_pairs
 from proxy.store.models import Cassette, Event, Interaction
-
-
-@dataclass(frozen=True)
-class StoredInteraction:
-    id: int
-    request: Request
-    head: ResponseHead
-    outcome: Outcome
-    error: str | None
-    body_size: int
-    ttfb_ms: float
 
 
 async def mark_unfinished(engine: AsyncEngine) -> int:
@@ -41,42 +30,6 @@ async def mark_unfinished(engine: AsyncEngine) -> int:
             )
         )
         return result.rowcount
-
-
-async def interactions(engine: AsyncEngine, cassette: str) -> list[StoredInteraction]:
-    """Heads of a cassette's interactions, in recording order (bodies not loaded)."""
-    stmt = (
-        select(
-            Interaction.id,
-            Interaction.method,
-            Interaction.url,
-            Interaction.request_headers,
-            Interaction.request_body,
-            Interaction.status,
-            Interaction.response_headers,
-            Interaction.outcome,
-            Interaction.error,
-            Interaction.body_size,
-            Interaction.ttfb_ms,
-        )
-        .join(Cassette)
-        .where(Cassette.name == cassette)
-        .order_by(Interaction.id)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return [
-        StoredInteraction(
-            id=r.id,
-            request=Request(r.method, r.url, header_pairs(r.request_headers), r.request_body),
-            head=ResponseHead(r.status, header_pairs(r.response_headers)),
-            outcome=Outcome(r.outcome),
-            error=r.error,
-            body_size=r.body_size,
-            ttfb_ms=r.ttfb_ms,
-        )
-        for r in rows
-    ]
 
 
 async def events(
