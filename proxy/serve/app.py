@@ -87,7 +87,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
         app[SERVICES] = Services(
             settings=settings,
-            index=Index(reader, settings.effective_rules),
+            index=Index(reader, settings.effective_rules, settings.redact),
             recorder=recorder,
             reader=reader,
             upstream=upstream,

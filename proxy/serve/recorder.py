@@ -263,6 +263,7 @@ class Recorder:
                 continue
             backoff = 0.05
             self._unchecked += batch.size
+            del batch, unwritten  # they hold request bodies: not kept while the writer waits
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
                 self._failing_since, self._refusing = None, False

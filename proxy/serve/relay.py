@@ -81,6 +81,25 @@ async def relay(
     """Relay the response; with `record`, also record it. The recording is started once
     the first bytes are out (or at the end, for a body with none): its bookkeeping is not
     in their way."""
+    copy = _Copy(request, _response_head(upstream, head, source, store_failing), record)
+    try:
+        await copy.body(upstream)
+    except asyncio.CancelledError:
+        copy.stopped()
+        raise
+    finally:
+        upstream.release()
+    try:
+        await copy.finish()
+    finally:  # the outcome as the client saw it, in the store as in the log
+        copy.end()
+    return Relayed(copy.response, copy.outcome, copy.events)
+
+
+def _response_head(
+    upstream: aiohttp.ClientResponse, head: ResponseHead, source: str, store_failing: bool
+) -> web.StreamResponse:
+    """The client's response: the upstream's status and headers, and where it came from."""
     response = web.StreamResponse(status=head.status, reason=upstream.reason)
     for name, value in head.headers:
         if name.lower() != "content-length":
@@ -90,48 +109,75 @@ async def relay(
     response.headers["Rrproxy-Source"] = source
     if store_failing:  # this recording may not be kept: the client is told while it can be
         response.headers["Rrproxy-Store"] = "failing"
-    outcome, error, events = Outcome.COMPLETE, None, 0
-    tee: Tee | None = None
-    try:
+    return response
+
+
+class _Copy:
+    """One response relayed: its outcome so far, and the recording once it has begun."""
+
+    def __init__(
+        self, request: web.Request, response: web.StreamResponse, record: Callable[[], Tee] | None
+    ):
+        self.request = request
+        self.response = response
+        self.outcome = Outcome.COMPLETE
+        self.error: str | None = None
+        self.events = 0
+        self._record = record
+        self._tee: Tee | None = None
+
+    async def body(self, upstream: aiohttp.ClientResponse) -> None:
+        """Send the head, then every chunk as it arrives (to the client while it listens,
+        to the recorder in any case)."""
         try:
-            await response.prepare(request)
-        except ConnectionError:
-            outcome = Outcome.CLIENT_GONE
-        async for chunk in upstream.content.iter_any():
-            events += 1
-            if outcome is Outcome.COMPLETE:
-                try:
-                    await response.write(chunk)
-                except ConnectionError:
-                    outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
-            if record is not None:
-                if tee is None:
-                    tee = record()
-                tee.feed(chunk)
-                if tee.recorder.behind(tee.recording):
-                    await tee.recorder.room(tee.recording)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        outcome = Outcome.UPSTREAM_BROKEN
-        error = f"upstream broke the stream: {describe(exc)}"
-    except asyncio.CancelledError:
-        if record is not None:
-            tee = tee or record()
-            tee.end(Outcome.INCOMPLETE, "the proxy stopped before the response ended")
-        raise
-    finally:
-        upstream.release()
-    try:
-        if outcome is Outcome.UPSTREAM_BROKEN:
-            log.warning("%s %s: %s", request.method, request.path, error)
-            break_connection(request)
-        elif outcome is Outcome.COMPLETE:
             try:
-                await response.write_eof()
+                await self.response.prepare(self.request)
             except ConnectionError:
-                outcome = Outcome.CLIENT_GONE
-    finally:  # the outcome as the client saw it, in the store as in the log
-        if record is not None:
-            tee = tee or record()
-            tee.end(outcome, error)
-            events = tee.recording.events
-    return Relayed(response, outcome, events)
+                self.outcome = Outcome.CLIENT_GONE
+            async for chunk in upstream.content.iter_any():
+                self.events += 1
+                await self._to_client(chunk)
+                await self._to_recorder(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.outcome = Outcome.UPSTREAM_BROKEN
+            self.error = f"upstream broke the stream: {describe(exc)}"
+
+    async def _to_client(self, chunk: bytes) -> None:
+        if self.outcome is Outcome.COMPLETE:
+            try:
+                await self.response.write(chunk)
+            except ConnectionError:
+                self.outcome = Outcome.CLIENT_GONE  # keep reading: the rest is still recorded
+
+    async def _to_recorder(self, chunk: bytes) -> None:
+        if self._record is None:
+            return
+        if self._tee is None:
+            self._tee = self._record()
+        self._tee.feed(chunk)
+        if self._tee.recorder.behind(self._tee.recording):
+            await self._tee.recorder.room(self._tee.recording)
+
+    async def finish(self) -> None:
+        """End the client's response as upstream ended it: a break, or its end."""
+        if self.outcome is Outcome.UPSTREAM_BROKEN:
+            log.warning("%s %s: %s", self.request.method, self.request.path, self.error)
+            break_connection(self.request)
+        elif self.outcome is Outcome.COMPLETE:
+            try:
+                await self.response.write_eof()
+            except ConnectionError:
+                self.outcome = Outcome.CLIENT_GONE
+
+    def stopped(self) -> None:
+        """The proxy is stopping mid-response: what was recorded is incomplete."""
+        if self._record is not None:
+            tee = self._tee or self._record()
+            tee.end(Outcome.INCOMPLETE, "the proxy stopped before the response ended")
+
+    def end(self) -> None:
+        """Close the recording with the outcome the client saw."""
+        if self._record is not None:
+            tee = self._tee or self._record()
+            tee.end(self.outcome, self.error)
+            self.events = tee.recording.events

@@ -20,7 +20,7 @@ from proxy.config import Pace
 from proxy.core.headers import end_to_end, get
 from proxy.core.records import Headers, Outcome, ResponseHead
 from proxy.serve.connection import break_connection
-from proxy.serve.index import Entry
+from proxy.serve.entry import Entry
 from proxy.store import queries
 
 Page = list[tuple[float, bytes]]
