@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.directory import CassetteDir
 from proxy.cassettes.file_format import SUFFIX, file_name
+from proxy.cli import interchange
 from proxy.config import Settings
 from proxy.core.records import Event, check_cassette_name
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
@@ -80,11 +81,25 @@ def add_commands(commands: Any) -> None:
     export.add_argument(
         "--allow-secrets", action="store_true", help="write even if key-like strings are found"
     )
+    export.add_argument(
+        "--to",
+        dest="format",
+        choices=interchange.EXPORT_FORMATS,
+        default="rrproxy",
+        help="file format: rrproxy (default) or har (HAR 1.2, default file NAME.har)",
+    )
     export.set_defaults(run=_export)
 
     imp = commands.add_parser("import", help="load a cassette file into the store")
     _common(imp)
-    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("file", type=Path, metavar="FILE", help="a file (vcrpy: or a directory)")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        choices=interchange.IMPORT_FORMATS,
+        default="rrproxy",
+        help="file format: rrproxy (default), vcrpy (YAML or JSON cassettes), har (HAR 1.2)",
+    )
     imp.add_argument("--as", dest="as_name", type=_name, metavar="NAME", help="store it as NAME")
     imp.add_argument(
         "--replace", action="store_true", help="replace a cassette of that name with other content"
@@ -286,6 +301,8 @@ def _event_text(event: Event) -> str:
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
+    if args.format == "har":
+        return interchange.export_command(settings, args, _run)
     name: str = args.name
     output = args.output or file_name(name)
 
@@ -312,6 +329,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
+    if args.source != "rrproxy":
+        return interchange.import_command(settings, args, _run)
     path: Path = args.file
     if not path.is_file():
         raise ConfigError(f"{path} is not a file")
