@@ -89,7 +89,7 @@ def entry(rec: Recorded) -> dict[str, Any]:
         mime = _header(rec.request.headers, "content-type") or "application/octet-stream"
         request["postData"] = {"mimeType": mime, "params": [], "text": text}
     return {
-        "startedDateTime": rec.recorded_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+        "startedDateTime": _started_text(rec.recorded_at),
         "time": ttfb + receive,
         "request": request,
         "response": {
@@ -116,6 +116,11 @@ def entry(rec: Recorded) -> dict[str, Any]:
         "_rrproxy": ours,
         "_rrproxy_events": [_event_json(e) for e in rec.events],
     }
+
+
+def _started_text(t: datetime) -> str:
+    """Milliseconds and Z, as Chrome writes it (the exact time is in `_rrproxy`)."""
+    return format_time(t)[:23] + "Z"
 
 
 def _har_headers(headers: Headers) -> list[dict[str, str]]:
