@@ -26,7 +26,7 @@ from tests.conftest import StartProxy, StartUpstream
 from tests.proc import EXIT_TIMEOUT_S, clean_env, run_cli
 
 KEY = "Bearer sk-test-vcrpy-0123456789abcdef"
-SSE = [b"event: delta\ndata: {\"text\": \"caf\xc3\xa9\"}\n\n", b"data: [DONE]\n\n"]
+SSE = [b'event: delta\ndata: {"text": "caf\xc3\xa9"}\n\n', b"data: [DONE]\n\n"]
 MODELS = {"models": ["model"] * 50}
 GZIPPED = gzip.compress(json.dumps(MODELS).encode())
 
