@@ -6,6 +6,7 @@ value fails the same way wherever it came from: one line naming the key and its 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -99,8 +100,8 @@ def database_url(db: str) -> str:
 
 
 def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError("must be a non-empty string")
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a non-empty string (not blank)")
     return v
 
 
@@ -115,8 +116,15 @@ def _int(v: Any) -> int:
 
 def _port(v: Any) -> int:
     n = _int(v)
-    if not 0 <= n <= 65535:
-        raise ValueError("must be a port number from 0 to 65535")
+    if not 1 <= n <= 65535:  # 0 (any free port) would leave clients no way to find the proxy
+        raise ValueError("must be a port number from 1 to 65535")
+    return n
+
+
+def _bytes(v: Any) -> int:
+    n = _int(v)
+    if n < 1:  # 0 would mean "no limit" to aiohttp, a negative size refuses every body
+        raise ValueError("must be a positive number of bytes, such as 67108864 (64 MiB)")
     return n
 
 
@@ -261,7 +269,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "pace", parse_pace, _set("pace")),
     Key(None, "strict", _bool, _set("strict")),
     Key(None, "verbose", _bool, _set("verbose")),
-    Key(None, "max_request_body", _int, _set("max_request_body")),
+    Key(None, "max_request_body", _bytes, _set("max_request_body")),
     Key("timeouts", "connect", _positive, _set("connect_timeout")),
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
@@ -278,6 +286,8 @@ KEYS: tuple[Key, ...] = (
     Key(None, "routes", _routes, _set("routes")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
+CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"  # names the TOML file
+VARIABLES = frozenset({CONFIG_VARIABLE, *(k.env for k in KEYS)})
 
 
 def _apply(settings: Settings, key: Key, value: Any, source: str) -> Settings:
@@ -313,6 +323,23 @@ def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return flat
 
 
+def _check_variables(environ: Mapping[str, str]) -> None:
+    """A misspelled `RRPROXY_*` variable would be ignored silently (and the proxy would run in
+    a mode nobody asked for): refuse it, naming the closest known one. Variables that do not
+    start with `RRPROXY_` are not ours and never looked at."""
+    unknown = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in VARIABLES)
+    if not unknown:
+        return
+    name = unknown[0]
+    known = sorted(v.removeprefix(ENV_PREFIX) for v in VARIABLES)  # the shared prefix would
+    close = difflib.get_close_matches(name[len(ENV_PREFIX) :].upper(), known, n=1)  # match all
+    hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+    raise ConfigError(
+        f"unknown environment variable {name}{hint}: rename or unset it "
+        "(config.example.toml lists every key; key k is RRPROXY_K, k in [t] is RRPROXY_T_K)"
+    )
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -320,9 +347,10 @@ def load_settings(
 ) -> Settings:
     """Defaults < TOML file < RRPROXY_* environment < flags (keys as in `KEYS`, dotted)."""
     environ = os.environ if environ is None else environ
+    _check_variables(environ)
     settings = Settings()
-    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
-        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is None and environ.get(CONFIG_VARIABLE):
+        config_file = Path(environ[CONFIG_VARIABLE])
     if config_file is not None:
         for name, value in _flatten(_read_toml(config_file), config_file).items():
             settings = _apply(settings, KEYS_BY_NAME[name], value, str(config_file))

@@ -7,35 +7,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
 
 from proxy.cassettes import har, vcrpy
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.files import open_regular
+from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError
 from proxy.files import atomic_write
 
-IMPORT_FORMATS = ("rrproxy", "vcrpy", "har")
-EXPORT_FORMATS = ("rrproxy", "har")
 
-
-class _Store(Protocol):
-    @property
-    def writer(self) -> Any: ...
-    @property
-    def reader(self) -> Any: ...
-    @property
-    def dir(self) -> Any: ...
-
-
-Run = Callable[[Settings, Callable[[Any], Awaitable[Any]]], Any]
-
-
-def import_command(settings: Settings, args: argparse.Namespace, run: Run) -> int:
+def import_command(settings: Settings, args: argparse.Namespace) -> int:
     path: Path = args.file
     skipped: list[str] = []
     untimed = 0
@@ -53,7 +37,7 @@ def import_command(settings: Settings, args: argparse.Namespace, run: Run) -> in
         recs, skipped, untimed = har.parse(data, source=str(path))
         loaded = [(args.as_name or _name_of(path), recs)]
 
-    async def work(store: _Store) -> list[cassettes.Imported]:
+    async def work(store: Store) -> list[cassettes.Imported]:
         results = await cassettes.import_records(
             store.writer,
             loaded,
@@ -68,7 +52,7 @@ def import_command(settings: Settings, args: argparse.Namespace, run: Run) -> in
 
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    results: list[cassettes.Imported] = run(settings, work)
+    results = run(settings, work, create=True)
     for result in results:
         print(_summary(result, args.source))
     if untimed:
@@ -101,11 +85,11 @@ def _summary(result: cassettes.Imported, source: str) -> str:
     )
 
 
-def export_command(settings: Settings, args: argparse.Namespace, run: Run) -> int:
+def export_command(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
     target = args.output or f"{name}.har"
 
-    async def work(store: _Store) -> bytes:
+    async def work(store: Store) -> bytes:
         recs = await cassettes.records(store.reader, name, allow_secrets=args.allow_secrets)
         doc = har.to_har(name, recs)
         return (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8")

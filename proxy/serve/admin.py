@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy import __version__
+from proxy.cassettes.file_format import format_time
 from proxy.core.records import check_cassette_name
 from proxy.errors import BadRequest, StoreError
 from proxy.serve.state import RUN, SERVICES, SETTINGS
@@ -19,6 +20,7 @@ PREFIX = "/_rrproxy"
 
 async def health(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    recorder = request.app[SERVICES].recorder
     return web.json_response(
         {
             "status": "ok",
@@ -26,6 +28,8 @@ async def health(request: web.Request) -> web.Response:
             "mode": settings.mode.value,
             "cassette": request.app[RUN].cassette,
             "upstream": settings.upstream,
+            "store": "failing" if recorder.failing else "ok",
+            "recordings_dropped": recorder.recordings_dropped,
         }
     )
 
@@ -49,7 +53,7 @@ async def cassettes(request: web.Request) -> web.Response:
                     "events": s.events,
                     "size": s.size,
                     "incomplete": s.incomplete,
-                    "last_recorded": s.last_recorded.isoformat() if s.last_recorded else None,
+                    "last_recorded": format_time(s.last_recorded) if s.last_recorded else None,
                 }
                 for s in summaries
             ]

@@ -136,7 +136,8 @@ async def _forward(
         ttfb = round((asyncio.get_running_loop().time() - t0) * 1000, 3)
         record = functools.partial(_recording, services, ctl, stored, key, head, upstream, t0, ttfb)
     source = "passthrough" if record is None else "recorded"
-    relayed = await relay(request, upstream, head, source, record)
+    failing = record is not None and services.recorder.failing
+    relayed = await relay(request, upstream, head, source, record, failing)
     what = source if relayed.outcome is Outcome.COMPLETE else f"{source} ({relayed.outcome})"
     unit = "chunks" if record is None else "events"  # passthrough frames nothing
     _log(ctl, stored, head.status, what, relayed.events, t0, unit)

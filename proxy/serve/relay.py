@@ -2,7 +2,8 @@
 
 Each chunk is written to the client the moment it arrives; when a `Tee` is given, the same
 chunk is also split into events and handed to the recorder, which takes them without
-waiting (only a healthy store more than its high-water mark behind makes the relay wait).
+waiting (only a store more than its high-water mark behind this recording makes the relay
+wait).
 A client that hangs up stops the writing, not the reading: the upstream response is still
 read to its end and recorded, since its tokens were paid for (the server does not cancel
 the handler when its client hangs up: see `proxy.serve.app`).
@@ -75,6 +76,7 @@ async def relay(
     head: ResponseHead,
     source: str,
     record: Callable[[], Tee] | None,
+    store_failing: bool = False,
 ) -> Relayed:
     """Relay the response; with `record`, also record it. The recording is started once
     the first bytes are out (or at the end, for a body with none): its bookkeeping is not
@@ -86,6 +88,8 @@ async def relay(
     if upstream.content_length is not None:
         response.content_length = upstream.content_length
     response.headers["Rrproxy-Source"] = source
+    if store_failing:  # this recording may not be kept: the client is told while it can be
+        response.headers["Rrproxy-Store"] = "failing"
     outcome, error, events = Outcome.COMPLETE, None, 0
     tee: Tee | None = None
     try:
@@ -104,8 +108,8 @@ async def relay(
                 if tee is None:
                     tee = record()
                 tee.feed(chunk)
-                if tee.recorder.backlogged:
-                    await tee.recorder.room()
+                if tee.recorder.behind(tee.recording):
+                    await tee.recorder.room(tee.recording)
     except (aiohttp.ClientError, TimeoutError) as exc:
         outcome = Outcome.UPSTREAM_BROKEN
         error = f"upstream broke the stream: {describe(exc)}"
