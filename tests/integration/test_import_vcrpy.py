@@ -268,3 +268,22 @@ def test_a_bad_entry_names_file_and_entry_and_leaves_the_store_unchanged(
     assert "entry 2 (GET http://127.0.0.1:9/ok)" in result.stderr
     assert "not an HTTP token" in result.stderr
     assert rows(db_path) == before
+
+
+def test_a_directory_is_one_transaction(db_path: Path, tmp_path: Path) -> None:
+    """The second cassette fails in the store (other content, no --replace) after the first
+    was written: nothing of the import stays."""
+    first = tmp_path / "first"
+    first.mkdir()
+    (first / "b.yaml").write_text(GOOD)
+    assert cli("import", "--from", "vcrpy", str(first), cwd=tmp_path, db=db_path).returncode == 0
+    before = rows(db_path)
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.yaml").write_text(GOOD)
+    (tree / "b.yaml").write_text(GOOD.replace("fine", "other"))
+    result = cli("import", "--from", "vcrpy", str(tree), cwd=tmp_path, db=db_path)
+    assert result.returncode != 0
+    assert "'b' is already in the store with other content" in result.stderr
+    assert rows(db_path) == before
