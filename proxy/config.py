@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 from proxy.core.hosts import check_pattern
 from proxy.core.matching import MatchRules
 from proxy.core.records import check_cassette_name
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 from proxy.errors import ConfigError
 
 ENV_PREFIX = "RRPROXY_"
@@ -61,6 +62,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
+    request_body_timeout: float = 30.0  # to receive a request's whole body (else 408)
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
     # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
@@ -70,6 +72,9 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
+    admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
+    # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
+    hop_id: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)
 
     @property
     def db_url(self) -> str:
@@ -273,17 +278,21 @@ KEYS: tuple[Key, ...] = (
     Key("timeouts", "connect", _positive, _set("connect_timeout")),
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
+    Key("timeouts", "request_body", _positive, _set("request_body_timeout")),
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
     Key("redact", "headers", _lower_set, _add_redacted("headers", DEFAULT_HEADERS)),
     Key("redact", "query_params", _lower_set, _add_redacted("query_params", DEFAULT_QUERY_PARAMS)),
+    Key("redact", "name_contains", _lower_set, _add_redacted("name_contains", frozenset())),
+    Key("redact", "allow", _lower_set, _add_redacted("allow", DEFAULT_ALLOW)),
     Key(None, "ca_dir", _str, _set("ca_dir")),
     Key(None, "upstream_ca_bundle", _str, _set("upstream_ca_bundle")),
     Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
     Key(None, "routes", _routes, _set("routes")),
+    Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
 CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"  # names the TOML file

@@ -120,3 +120,42 @@ class FileChanged(RrproxyError, FileExistsError):
 
 class CertificateError(ValueError):
     """The CA directory holds files rrproxy cannot use (corrupt, mismatched, expired)."""
+
+
+class NotFound(RrproxyError, LookupError):
+    """No such admin endpoint under `/_rrproxy/` (nothing there is ever forwarded)."""
+
+    status = 404
+    error_type = "rrproxy_not_found"
+
+
+class MethodNotAllowed(RrproxyError, LookupError):
+    """An admin endpoint asked with a method it does not answer."""
+
+    status = 405
+    error_type = "rrproxy_method_not_allowed"
+
+    def __init__(self, message: str, allowed: tuple[str, ...]):
+        super().__init__(message)
+        self.headers = {"Allow": ", ".join(allowed)}  # type: ignore[misc]
+
+
+class NotJson(BadRequest):
+    """An admin state change sent without `Content-Type: application/json`."""
+
+    status = 415
+
+
+class RequestTimeout(RrproxyError, TimeoutError):
+    """The client did not send its request body in time; the connection is closed."""
+
+    status = 408
+    error_type = "rrproxy_request_timeout"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
+class LoopDetected(RrproxyError, RecursionError):
+    """A request came back to the rrproxy that forwarded it (its `Rrproxy-Hops` header)."""
+
+    status = 508
+    error_type = "rrproxy_loop_detected"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aiohttp.web import AppRunner
+from yarl import URL
 
 from proxy.config import KEYS_BY_NAME, load_settings
 from proxy.serve.app import create_app
@@ -22,7 +22,7 @@ from proxy.serve.app import create_app
 EXAMPLE_JSONL = Path(__file__).resolve().parent / "data" / "openai-responses-hello-world.jsonl"
 
 StartUpstream = Callable[[web.Application], Awaitable[TestServer]]
-StartProxy = Callable[..., Awaitable[TestServer]]
+StartProxy = Callable[..., Awaitable["ProxyServer"]]
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -91,21 +91,40 @@ async def start_upstream(
     return start
 
 
-class ProxyServer(TestServer):
-    """The proxy app served as `rrproxy serve` serves it: a client that hangs up does not
-    cancel its handler (aiohttp's default, which its `TestServer` turns around)."""
+class ProxyServer:
+    """The proxy app served as `rrproxy serve` serves it, through aiohttp's public runner
+    API: a client that hangs up does not cancel its handler (`handler_cancellation=False`,
+    aiohttp's default, which its `TestServer` turns around). `make_url` and `close` as
+    `TestServer`'s."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
-        return await super()._make_runner(**{**kwargs, "handler_cancellation": False})
+    def __init__(self, app: web.Application, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._runner = web.AppRunner(app, handler_cancellation=False)
+        self._closed = False
+
+    async def start_server(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]  # the one bound, when 0 asked for any
+
+    def make_url(self, path: str) -> URL:
+        return URL(f"http://{self.host}:{self.port}").join(URL(path))
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._runner.cleanup()
 
 
 @pytest.fixture
-async def serve_proxy() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
+async def serve_proxy() -> AsyncIterator[Callable[..., Awaitable[ProxyServer]]]:
     """Serve a proxy app on 127.0.0.1 (`port`: a given one) until the test ends."""
-    servers: list[TestServer] = []
+    servers: list[ProxyServer] = []
 
-    async def serve(app: web.Application, port: int | None = None) -> TestServer:
-        server = ProxyServer(app, host="127.0.0.1", port=port)
+    async def serve(app: web.Application, port: int | None = None) -> ProxyServer:
+        server = ProxyServer(app, host="127.0.0.1", port=port or 0)
         await server.start_server()
         servers.append(server)
         return server
@@ -117,12 +136,12 @@ async def serve_proxy() -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
 
 @pytest.fixture
 async def start_proxy(
-    serve_proxy: Callable[..., Awaitable[TestServer]], db_path: Path
+    serve_proxy: Callable[..., Awaitable[ProxyServer]], db_path: Path
 ) -> AsyncIterator[StartProxy]:
     """Start the proxy app in-process on a real port. Keyword arguments are config keys
     (parsed as the CLI parses them) or Settings fields (objects such as MatchRules)."""
 
-    async def start(upstream: TestServer | str, **overrides: Any) -> TestServer:
+    async def start(upstream: TestServer | str, **overrides: Any) -> ProxyServer:
         url = upstream if isinstance(upstream, str) else str(upstream.make_url("")).rstrip("/")
         flags = {k: v for k, v in overrides.items() if k in KEYS_BY_NAME}
         objects = {k: v for k, v in overrides.items() if k not in KEYS_BY_NAME}

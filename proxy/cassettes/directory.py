@@ -214,7 +214,9 @@ class CassetteDir:
                 )
         with atomic_write(path) as f:
             out = _Hashing(f)
-            await cassettes.export(self._reader, name, out, finished_only=True)
+            await cassettes.export(
+                self._reader, name, out, finished_only=True, redactor=self._redactor
+            )
         async with self._writer.begin() as conn:
             await maintenance.set_file_hash(conn, name, out.sha256.hexdigest())
         self.written += 1

@@ -103,9 +103,11 @@ async def export(
     *,
     allow_secrets: bool = False,
     finished_only: bool = False,
+    redactor: Redactor | None = None,
 ) -> int:
     """Write the cassette file to `out`; returns the number of interactions. Raises
-    `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`."""
+    `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`.
+    `redactor` says which header and query names are credentials (the defaults if None)."""
     findings: list[tuple[int, Finding]] = []
     interactions = 0
     async with engine.connect() as conn:
@@ -114,7 +116,10 @@ async def export(
             if rec is not None:
                 interactions += 1
                 if not allow_secrets:
-                    found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+                    found = [
+                        *scan_request(rec.request, redactor),
+                        *scan_response(rec.response, rec.events, redactor),
+                    ]
                     findings.extend((number + (f.event or 0), f) for f in found)
     if findings:
         raise SecretsFound(name, findings)
@@ -335,7 +340,10 @@ def find_secrets(
             continue
         line += 1
         rec = _redacted(item, redactor)
-        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        found = [
+            *scan_request(rec.request, redactor),
+            *scan_response(rec.response, rec.events, redactor),
+        ]
         findings.extend((line + (f.event or 0), f) for f in found)
         line += len(item.events)
     return findings

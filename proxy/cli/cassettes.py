@@ -86,7 +86,9 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
     target = args.output or file_name(name)
 
     async def write(store: Store, out: IO[bytes]) -> int:
-        return await cassettes.export(store.reader, name, out, allow_secrets=args.allow_secrets)
+        return await cassettes.export(
+            store.reader, name, out, allow_secrets=args.allow_secrets, redactor=settings.redact
+        )
 
     if target == "-":
         with tempfile.TemporaryFile() as spool:  # nothing reaches stdout unless all is well

@@ -9,6 +9,17 @@
   through the same pipeline, upstream `https://host:port`.
 An intercepted CONNECT opens nothing upstream by itself: in replay mode the requests inside
 are answered from the cassette, with no DNS lookup and no connection.
+
+aiohttp internals used here (the reason pyproject.toml bounds `aiohttp<4`; check each on an
+aiohttp upgrade):
+- `TunnelServer` subclasses the low-level `web.Server`: calls `self()` for a
+  `web.RequestHandler` fed a connection by hand (`connection_made` after `loop.start_tls`),
+  overrides `connection_lost(handler, exc)`, uses `pre_shutdown()` and `shutdown()`.
+- `web.Server(request_factory=...)`: the factory's arguments (`RawRequestMessage` from
+  `aiohttp.http_parser`, `StreamReader` from `aiohttp.streams`, the handler, the writer,
+  the task) and `web.Request`'s positional constructor with `client_max_size=`, `state=`.
+- Taking a CONNECT's connection from aiohttp: writing on `request.transport`, then
+  `request.protocol.connection_lost(None)` to detach aiohttp's handler from it.
 """
 
 from __future__ import annotations
@@ -26,9 +37,17 @@ from aiohttp.streams import StreamReader
 
 from proxy.config import Settings
 from proxy.core.hosts import Target, parse_absolute, parse_authority
+from proxy.core.printable import printable
 from proxy.errors import BadRequest, CertificateError, ConfigError, RrproxyError, UpstreamError
 from proxy.forward_proxy.ca import CertificateAuthority
-from proxy.forward_proxy.policy import TARGET, Action, check_listen, forward_action, refuse_loop
+from proxy.forward_proxy.policy import (
+    TARGET,
+    Action,
+    check_listen,
+    check_loops,
+    forward_action,
+    refuse_loop,
+)
 from proxy.forward_proxy.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -117,8 +136,10 @@ class Interceptor:
             return await self.handler(request)
         except RrproxyError as exc:
             if exc.status >= 500:
-                where = request[TARGET].origin + request.path
-                log.warning("%s %s -> %d: %s", request.method, where, exc.status, exc)
+                where = printable(request[TARGET].origin + request.path)
+                log.warning(
+                    "%s %s -> %d: %s", printable(request.method), where, exc.status, printable(exc)
+                )
             return self._render_error(exc)
 
     async def ca(self) -> CertificateAuthority:
@@ -273,6 +294,7 @@ def setup(
     """Make `app` a forward proxy too: the middleware (after the error middleware, which
     renders its refusals) and the interceptor's lifetime. `handler` serves each request
     (absolute form, or inside a decrypted tunnel) once its target is known."""
+    check_loops(settings)
     warning = check_listen(settings)
     if warning is not None:
         log.warning(warning)

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
-from proxy.errors import RrproxyError
+from proxy.core.printable import printable
+from proxy.errors import RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
 from proxy.serve import admin
 from proxy.serve.index import Index
@@ -39,12 +40,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: RrproxyError) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=exc.status,
         text=json.dumps(exc.body()),
         content_type="application/json",
         headers=exc.headers,
     )
+    if exc.headers.get("Connection") == "close":
+        response.force_close()
+    return response
 
 
 @web.middleware
@@ -53,8 +57,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except RrproxyError as exc:
         if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return error_response(exc)
+            log.warning(
+                "%s %s -> %d: %s",
+                *(printable(request.method), printable(request.path), exc.status, printable(exc)),
+            )
+        response = error_response(exc)
+        if isinstance(exc, RequestTimeout):  # the body's rest is not waited for
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # after the answer, which is written already
+        return response
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
@@ -131,6 +143,6 @@ def create_app(settings: Settings) -> web.Application:
 
     # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline
     connect.setup(app, settings, proxy_handler, error_response)
-    admin.add_routes(app)
+    admin.setup(app)  # /_rrproxy/*, never forwarded: after the forward proxy's middleware
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

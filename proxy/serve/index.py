@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from urllib.parse import unquote_plus
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.matching import MatchRules, closest, key_inputs, match_key
+from proxy.core.matching import MatchRules, closest, differences, key_inputs, match_key
 from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.redact import REDACTED
 from proxy.store import queries
 
 
@@ -193,11 +195,17 @@ class Index:
                 f"no recording for {where}: {why}. Record it first (mode record or auto), "
                 "or choose another cassette."
             )
-        i, diffs = found
-        near = recorded[i].request
+        # The message quotes the client's request and the closest recording as stored
+        # (redacted when recorded), and no query value of a credential-like name, which a
+        # recording made under older or narrower redaction rules may still hold.
+        hidden = frozenset(n.lower() for n in self.rules.ignore_query_params)  # redacted ones
+        wanted, near = _shown(request, hidden), _shown(recorded[found[0]].request, hidden)
+        diffs = differences(wanted, near, self.rules) or [
+            "only in query values that are not shown (credential-like names)"
+        ]
         return Miss(
-            f"no recording in cassette {cassette!r} for {where}. The closest recorded request "
-            f"({near.method} {near.url}) differs: " + "; ".join(diffs)
+            f"no recording in cassette {cassette!r} for {wanted.method} {wanted.url}. The "
+            f"closest recorded request ({near.method} {near.url}) differs: " + "; ".join(diffs)
         )
 
     def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
@@ -219,3 +227,24 @@ class Index:
         if use:
             assert entry.key is not None
             c.used[entry.key] += 1
+
+
+_CREDENTIAL_WORDS = ("key", "token", "secret", "signature", "password", "auth")
+
+
+def _shown(request: Request, hidden: frozenset[str]) -> Request:
+    """`request` as a miss message may quote it: the value of each query parameter named in
+    `hidden` (lower case) or like a credential replaced by `REDACTED`."""
+    base, question, query = request.url.partition("?")
+    if not question:
+        return request
+
+    def shown(part: str) -> str:
+        name, equals, _ = part.partition("=")
+        lower = unquote_plus(name).lower()
+        if equals and (lower in hidden or any(word in lower for word in _CREDENTIAL_WORDS)):
+            return f"{name}={REDACTED}"
+        return part
+
+    url = base + "?" + "&".join(shown(p) for p in query.split("&"))
+    return Request(request.method, url, request.headers, request.body)

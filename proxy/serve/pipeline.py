@@ -18,9 +18,11 @@ from aiohttp import web
 
 from proxy.config import Mode, Pace, Settings, parse_pace
 from proxy.core.headers import NOT_FORWARDED, end_to_end
+from proxy.core.printable import printable
 from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
 from proxy.core.sse import framer_for
-from proxy.errors import BadRequest, ReplayMiss
+from proxy.errors import BadRequest, ReplayMiss, RequestTimeout
+from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.index import Entry
 from proxy.serve.relay import Tee, relay
 from proxy.serve.replay import replay
@@ -59,9 +61,24 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
 
 
 async def upstream_request(request: web.Request, settings: Settings) -> Request:
-    body = await request.read()
+    request[FORWARD_HOPS] = next_hops(",".join(request.headers.getall(HOPS, ())), settings)
+    body = await read_body(request, settings.request_body_timeout)
     headers = end_to_end(request.headers.items(), drop=NOT_FORWARDED)
     return Request(request.method, upstream_url(request, settings), headers, body)
+
+
+async def read_body(request: web.BaseRequest, limit_s: float) -> bytes:
+    """The whole request body; `RequestTimeout` when it takes longer than `limit_s` (a
+    client trickling a byte now and then must not hold a connection for good)."""
+    try:
+        async with asyncio.timeout(limit_s):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {limit_s:g} s (timeouts.request_body): "
+            "send the whole body at once, or raise timeouts.request_body for large uploads "
+            "over a slow link"
+        ) from None
 
 
 async def handle(request: web.Request, services: Services, state: RunState) -> web.StreamResponse:
@@ -129,7 +146,7 @@ async def _forward(
     key: str | None,
     t0: float,
 ) -> web.StreamResponse:
-    upstream = await send(services.upstream, wanted)
+    upstream = await send(services.upstream, wanted, hops=request[FORWARD_HOPS])
     head = response_head(upstream)
     record = None
     if ctl.mode is not Mode.PASSTHROUGH:
@@ -187,13 +204,14 @@ def _log(
     t0: float,
     unit: str = "events",
 ) -> None:
-    """One line per interaction; the URL without its query (which may hold secrets)."""
+    """One line per interaction; the URL without its query (which may hold secrets), and
+    the client's text (method, host, path) with its control characters escaped."""
     ms = (asyncio.get_running_loop().time() - t0) * 1000
     log.info(
         "%s %s %s %s -> %d %s, %d %s, %.0f ms",
         ctl.mode,
-        ctl.cassette,
-        stored.method,
+        printable(ctl.cassette),
+        printable(stored.method),
         _where(stored.url),
         status,
         what,
@@ -205,6 +223,10 @@ def _log(
 
 @functools.lru_cache(maxsize=256)
 def _where(url: str) -> str:
-    """Host, port and path: no credentials, no query."""
+    """Host, port and path: no credentials, no query, control characters escaped."""
     parts = urlsplit(url)
-    return f"{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return printable(f"{parts.hostname}{port}{parts.path}")

@@ -5,10 +5,10 @@ lists; one task (`run`) owns every write, taking whatever has piled up and writi
 one transaction with a few statements (datasette's write thread, as an asyncio task; on
 SQLite the batch goes to a thread of its own, `proxy.store.batch_writer`; the statements
 are `proxy.store.writes`).
-It lets writes gather for up to `_LINGER_S` (50 ms) before a batch: a transaction costs far
+It lets writes gather for up to `linger_s` (50 ms) before a batch: a transaction costs far
 more than a row, so batches stay few under any load, and a killed process loses only the
 last tens of milliseconds. It writes at once when someone waits for the store (`flush`, a
-replay of a recording still being written: `hurry`) or a batch reaches `_BATCH_BYTES`.
+replay of a recording still being written: `hurry`) or a batch reaches `batch_bytes`.
 When it has nothing to write it checkpoints SQLite's WAL, which SQLite would otherwise do
 inside a commit, in the middle of a stream.
 
@@ -49,13 +49,14 @@ _GIVE_UP_AT_CLOSE_S = 5.0
 MAX_HOLD_S = 60.0
 """A relay held this long without the store taking anything of its recording goes on
 without it: the recording is dropped."""
-_LINGER_S = 0.05
-_BATCH_BYTES = 2**20
-"""A batch this big is written without lingering."""
 _CHECKPOINT_BYTES = 4 * 2**20
 
 
 class Recorder:
+    """`linger_s`: how long writes may gather before a batch (a test sets an hour to prove
+    that what must be written at once is). `batch_bytes`: a batch this big is written
+    without lingering. Both are read at each batch, so they may be changed while it runs."""
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -63,7 +64,11 @@ class Recorder:
         high_water: int = 4 * 2**20,
         max_pending_bytes: int = 64 * 2**20,
         max_hold_s: float = MAX_HOLD_S,
+        linger_s: float = 0.05,
+        batch_bytes: int = 2**20,
     ):
+        self.linger_s = linger_s
+        self.batch_bytes = batch_bytes
         self._db = BatchWriter(engine)  # on SQLite, a thread of its own
         self._high_water = high_water
         self._max_pending = max_pending_bytes
@@ -114,7 +119,7 @@ class Recorder:
             pending.size += size
             pending.sizes[rec] = pending.sizes.get(rec, 0) + size
             self._queued(len(events))
-            if pending.size > _BATCH_BYTES:
+            if pending.size > self.batch_bytes:
                 self._hurry.set()
             if pending.size > self._max_pending and self._refusing:
                 self._shed()
@@ -333,11 +338,11 @@ class Recorder:
     async def _linger(self) -> None:
         """Before a batch: let the relays run first (the first bytes of a stream go to the
         client, not into a contest with the writer), and let writes gather, for up to
-        `_LINGER_S` or until someone waits for them (`hurry`). A transaction costs far more
+        `linger_s` or until someone waits for them (`hurry`). A transaction costs far more
         than a row: few, large batches keep the writer's share of the machine small."""
         if not self._hurry.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_LINGER_S):
+                async with asyncio.timeout(self.linger_s):
                     await self._hurry.wait()
         self._hurry.clear()
 

@@ -54,16 +54,19 @@ def client_session(
     )
 
 
-async def send(session: aiohttp.ClientSession, request: Request) -> aiohttp.ClientResponse:
+async def send(
+    session: aiohttp.ClientSession, request: Request, *, hops: str | None = None
+) -> aiohttp.ClientResponse:
     """Open the upstream response (headers read, body not yet), or raise an `UpstreamError`
-    naming the upstream and the cause."""
+    naming the upstream and the cause. `hops`: the `Rrproxy-Hops` header to add (sent for
+    loop detection, not part of the request that is recorded)."""
     url = URL(request.url, encoded=True)
     upstream = f"{url.scheme}://{url.authority}"
     try:
         response = await session.request(
             request.method,
             url,
-            headers=list(request.headers),
+            headers=[*request.headers, *((("Rrproxy-Hops", hops),) if hops else ())],
             data=request.body or None,
             allow_redirects=False,
         )

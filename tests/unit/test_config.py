@@ -3,7 +3,6 @@ precedence between them, and bad values refused with the key and its source name
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.config import KEYS, KEYS_BY_NAME, VARIABLES, Mode, Pace, Settings, load_settings
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 from proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -44,6 +43,7 @@ CASES = [
     Case("timeouts.connect", 1.5, "1.5", 1.5, lambda s: s.connect_timeout),
     Case("timeouts.read", 60, "60", 60.0, lambda s: s.read_timeout),
     Case("timeouts.shutdown", 0.5, "0.5", 0.5, lambda s: s.shutdown_timeout),
+    Case("timeouts.request_body", 2.5, "2.5", 2.5, lambda s: s.request_body_timeout),
     Case("matching.ignore_body_fields", ["metadata.id", "user"], "metadata.id, user",
          ("metadata.id", "user"), lambda s: s.matching.ignore_body_fields),
     Case("matching.match_headers", ["OpenAI-Beta"], "OpenAI-Beta", ("OpenAI-Beta",),
@@ -55,6 +55,10 @@ CASES = [
          DEFAULT_HEADERS | {"x-custom-token"}, lambda s: s.redact.headers),
     Case("redact.query_params", ["key", "Sig", "sess"], "key,Sig,sess",
          DEFAULT_QUERY_PARAMS | {"sess"}, lambda s: s.redact.query_params),
+    Case("redact.name_contains", ["Key", "session"], "key,Session", frozenset({"key", "session"}),
+         lambda s: s.redact.name_contains),  # these replace the built-in words
+    Case("redact.allow", ["X-Trace-Token", "*-key-id"], "x-trace-token,*-key-id",
+         DEFAULT_ALLOW | {"x-trace-token", "*-key-id"}, lambda s: s.redact.allow),
     Case("cassette_dir", "cassettes", "cassettes", "cassettes", lambda s: s.cassette_dir),
     Case("ca_dir", "/tmp/rr-ca", "/tmp/rr-ca", "/tmp/rr-ca", lambda s: s.ca_dir),
     Case("upstream_ca_bundle", "ca.pem", "ca.pem", "ca.pem", lambda s: s.upstream_ca_bundle),
@@ -64,6 +68,8 @@ CASES = [
     Case("allow_hosts", ["127.0.0.1", "[::1]"], "127.0.0.1,[::1]", ("127.0.0.1", "::1"),
          lambda s: s.allow_hosts),
     Case("allow_remote", True, "on", True, lambda s: s.allow_remote),
+    Case("admin_hosts", ["rrproxy.internal", "Box.lan:8080"], "rrproxy.internal,Box.lan:8080",
+         ("rrproxy.internal", "box.lan:8080"), lambda s: s.admin_hosts),
     Case("routes", {"/openai": "https://api.openai.com/", "/anthropic/v1": "https://a.test"},
          "/openai=https://api.openai.com/,/anthropic/v1=https://a.test",
          (("/anthropic/v1", "https://a.test"), ("/openai", "https://api.openai.com")),
@@ -132,33 +138,6 @@ def test_from_environment(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_from_flags(case: Case) -> None:
     assert case.get(load_settings(environ={}, flags={case.key: case.text})) == case.expected
-
-
-@pytest.mark.parametrize(
-    ("argv", "get", "expected"),
-    [
-        (["--host", "::1"], lambda s: s.host, "::1"),
-        (["--port", "9002"], lambda s: s.port, 9002),
-        (["--upstream", "http://u.test"], lambda s: s.upstream, "http://u.test"),
-        (["--mode", "passthrough"], lambda s: s.mode, Mode.PASSTHROUGH),
-        (["--cassette", "c1"], lambda s: s.cassette, "c1"),
-        (["--db", "x.db"], lambda s: s.db, "x.db"),
-        (["--pace", "2"], lambda s: s.pace, Pace(2.0)),
-        (["--strict"], lambda s: s.strict, True),
-        (["--verbose"], lambda s: s.verbose, True),
-        (["-v"], lambda s: s.verbose, True),
-    ],
-    ids=lambda v: v[0] if isinstance(v, list) else None,
-)
-def test_serve_command_line_flags(
-    argv: list[str], get: Callable[[Settings], Any], expected: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from proxy.cli import main as cli
-
-    for name in [n for n in os.environ if n.startswith("RRPROXY_")]:
-        monkeypatch.delenv(name)
-    args = cli._parser().parse_args(["serve", *argv])
-    assert get(cli._load(args)) == expected
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:

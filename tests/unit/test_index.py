@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from proxy.core.matching import MatchRules
 from proxy.core.records import Outcome, Request, ResponseHead
 from proxy.serve.index import Entry, Index
+from proxy.store import migrate
 from proxy.store.engine import create_engine
 
 
-def entry(n: int) -> Entry:
+def entry(n: int, outcome: Outcome = Outcome.RECORDING) -> Entry:
     request = Request("POST", f"http://127.0.0.1:1/v1/{n}", (), b"")
-    return Entry(request, None, ResponseHead(200, ()), Outcome.RECORDING)
+    return Entry(request, None, ResponseHead(200, ()), outcome)
 
 
 async def test_recordings_already_in_the_store_are_not_held_in_memory(tmp_path: Path) -> None:
     """Record mode never loads its cassette: the index holds the recordings in flight, and
-    forgets the committed ones (amortised: not a pass over them all per recording)."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'never-read.db'}")
+    forgets the committed ones (amortised: not a pass over them all per recording). What it
+    holds is seen from outside: the entries still alive (weak references), and a replay that
+    loads the cassette later finding the ones in flight."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    await migrate.upgrade(engine)
     index = Index(engine, MatchRules())
-    in_flight = [entry(-i) for i in range(3)]
+    # Ended, not yet committed: replayable, and only in memory until the writer commits them.
+    in_flight = [entry(-i, Outcome.COMPLETE) for i in range(3)]
     for e in in_flight:
         index.add("c", e, use=False)
+    alive: weakref.WeakSet[Entry] = weakref.WeakSet(in_flight)
     held = []
     for n in range(5_000):
         e = entry(n)
+        alive.add(e)
         index.add("c", e, use=False)
-        held.append(len(index._not_loaded["c"]))
         e.committed.set()
+        held.append(len(alive))  # the test holds only the three in flight, and `e`
+    del e
     assert max(held) <= 2 * 256
-    assert all(e in index._not_loaded["c"] for e in in_flight)
+    for e in in_flight:
+        found = await index.for_replay("c", index.key(e.request), e.request, strict=True)
+        assert found is e
     await engine.dispose()
