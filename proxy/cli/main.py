@@ -200,7 +200,6 @@ def _configure_logging(verbose: bool) -> None:
     # A line per interaction: skip gathering what the format never shows (the logging
     # HOWTO's "Optimization" section).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # nor the caller's file and line
     if not verbose:
         for noisy in ("aiohttp.access", "alembic", "sqlalchemy"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

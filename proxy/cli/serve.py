@@ -66,5 +66,5 @@ async def _freeze_what_lives_forever(_app: web.Application) -> None:
     """What exists once the server has started (modules, the app, the store's engines) lives
     as long as the process: keep it out of the garbage collector's full passes (gc.freeze),
     which would otherwise walk all of it again and again while a long stream is relayed or
-    replayed. A 20 MB replay took 100-110 ms of CPU without, 60-70 ms with."""
+    replayed (the README's performance section has what it saves)."""
     gc.freeze()
