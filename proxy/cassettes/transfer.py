@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +50,8 @@ class Imported:
     status: ImportStatus
     interactions: int
     events: int
+    redacted: int = 0
+    """Header and query values redacted on the way in (counted for converted imports)."""
 
 
 # -- export -------------------------------------------------------------------------------
@@ -122,6 +124,30 @@ async def export(
     if findings:
         raise SecretsFound(name, findings)
     return interactions
+
+
+async def records(engine: AsyncEngine, name: str, *, allow_secrets: bool = False) -> list[Recorded]:
+    """The cassette's interactions as `export` writes them (for other formats: HAR), after
+    the same secret scan; `SecretsFound` names lines of the cassette file it would be."""
+    async with engine.connect() as conn:
+        _, each = await _recorded(conn, name, finished_only=False)
+        recs = [rec async for rec in each]
+    findings = [] if allow_secrets else record_secrets(recs)
+    if findings:
+        raise SecretsFound(name, findings)
+    return recs
+
+
+def record_secrets(recs: Sequence[Recorded]) -> list[tuple[int, Finding]]:
+    """Key-like strings in `recs`, by the line of the cassette file they would be on."""
+    findings: list[tuple[int, Finding]] = []
+    line = 1
+    for rec in recs:
+        line += 1
+        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        findings.extend((line + (f.event or 0), f) for f in found)
+        line += len(rec.events)
+    return findings
 
 
 async def digest(conn: AsyncConnection, name: str, *, as_name: str | None = None) -> str:
@@ -233,6 +259,73 @@ def _redacted(rec: Recorded, redactor: Redactor) -> Recorded:
         request=redactor.request(rec.request),
         response=redactor.head(rec.response),
     )
+
+
+async def import_records(
+    engine: AsyncEngine,
+    cassettes: Sequence[tuple[str, Sequence[Recorded]]],
+    *,
+    replace: bool = False,
+    redactor: Redactor | None = None,
+    refuse_secrets: bool = False,
+) -> list[Imported]:
+    """Import recordings converted from another tool (`vcrpy`, `har`): every cassette in
+    one transaction, all or nothing, redacted as recording redacts. A cassette already in
+    the store with the same content is left as it is; other content needs `replace`.
+    `refuse_secrets`: raise `SecretsFound` if a key-like string is left after redaction (a
+    cassette directory would refuse to write the file)."""
+    redactor = redactor or Redactor()
+    prepared = []
+    for name, recs in cassettes:
+        clean = [_redacted(rec, redactor) for rec in recs]
+        if refuse_secrets and (found := record_secrets(clean)):
+            raise SecretsFound(name, found)
+        count = sum(_redactions(a, b) for a, b in zip(recs, clean, strict=True))
+        prepared.append((check_cassette_name(name), clean, count))
+    results: list[Imported] = []
+    async with engine.begin() as conn:
+        for target, recs, redacted in prepared:
+            results.append(await _store_records(conn, target, recs, redacted, replace=replace))
+    return results
+
+
+async def _store_records(
+    conn: AsyncConnection, target: str, recs: list[Recorded], redacted: int, *, replace: bool
+) -> Imported:
+    n_events = sum(len(rec.events) for rec in recs)
+    existing = await queries.cassette_id(conn, target)
+    if existing is not None:
+        sha = hashlib.sha256(cassette_file.dump(target, recs)).hexdigest()
+        if await digest(conn, target) == sha:
+            return Imported(target, ImportStatus.UNCHANGED, len(recs), n_events, redacted)
+        if not replace:
+            raise CassetteExists(
+                f"cassette {target!r} is already in the store with other content; pass "
+                "--replace to replace it"
+            )
+        await conn.execute(delete(Interaction).where(Interaction.cassette_id == existing))
+        cassette_id = existing
+    else:
+        cassette_id = await _new_cassette(conn, target)
+    for rec in recs:
+        await _insert(conn, cassette_id, rec)
+    status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
+    return Imported(target, status, len(recs), n_events, redacted)
+
+
+def _redactions(before: Recorded, after: Recorded) -> int:
+    """How many header and query values redaction replaced."""
+    pairs = [
+        *zip(before.request.headers, after.request.headers, strict=True),
+        *zip(before.response.headers, after.response.headers, strict=True),
+    ]
+    query = zip(_query_parts(before.request.url), _query_parts(after.request.url), strict=False)
+    changed_url = before.request.url.partition("?")[0] != after.request.url.partition("?")[0]
+    return sum(a != b for a, b in pairs) + sum(a != b for a, b in query) + changed_url
+
+
+def _query_parts(url: str) -> list[str]:
+    return url.partition("#")[0].partition("?")[2].split("&")
 
 
 def find_secrets(

@@ -18,7 +18,7 @@ from typing import IO
 
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.file_format import file_name
-from proxy.cli import output
+from proxy.cli import interchange, output
 from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import Event
@@ -80,6 +80,8 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def export_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.format == "har":
+        return interchange.export_command(settings, args)
     name: str = args.name
     target = args.output or file_name(name)
 
@@ -108,6 +110,8 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def import_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.source != "rrproxy":
+        return interchange.import_command(settings, args)
     path: Path = args.file
     if not path.is_file():
         raise ConfigError(f"{path} is not a file")

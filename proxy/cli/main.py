@@ -145,11 +145,25 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     export.add_argument(
         "--allow-secrets", action="store_true", help="write even if key-like strings are found"
     )
+    export.add_argument(
+        "--to",
+        dest="format",
+        choices=("rrproxy", "har"),
+        default="rrproxy",
+        help="file format: rrproxy (default) or har (HAR 1.2; default file NAME.har)",
+    )
 
     imp = command(
         "import", f"{module}:import_command", "load a cassette file into the store", *shared
     )
-    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument("file", type=Path, metavar="FILE", help="a file (vcrpy: or a directory)")
+    imp.add_argument(
+        "--from",
+        dest="source",
+        choices=("rrproxy", "vcrpy", "har"),
+        default="rrproxy",
+        help="file format: rrproxy (default), vcrpy (YAML or JSON cassettes), har (HAR 1.2)",
+    )
     imp.add_argument(
         "--as", dest="as_name", type=_cassette_name, metavar="NAME", help="store it as NAME"
     )
