@@ -210,22 +210,13 @@ async def import_file(
     target = check_cassette_name(name or header.name)
     async with engine.begin() as conn:
         existing = await queries.cassette_id(conn, target)
-        if existing is not None:
-            if await digest(conn, target) == sha:
-                count, n_events = await queries.counts(conn, target)
-                result = Imported(target, ImportStatus.UNCHANGED, count, n_events)
-                if then is not None:
-                    await then(conn, result)
-                return result
-            if not replace:
-                raise CassetteExists(
-                    f"cassette {target!r} is already in the store with other content; pass "
-                    "--replace to replace it, or --as NAME to import it under another name"
-                )
-            await conn.execute(delete(Interaction).where(Interaction.cassette_id == existing))
-            cassette_id = existing
-        else:
-            cassette_id = await _new_cassette(conn, target)
+        if existing is not None and await digest(conn, target) == sha:
+            count, n_events = await queries.counts(conn, target)
+            result = Imported(target, ImportStatus.UNCHANGED, count, n_events)
+            if then is not None:
+                await then(conn, result)
+            return result
+        cassette_id = await _emptied(conn, target, existing, replace, "--as NAME")
         count = n_events = 0
         h = hashlib.sha256()
         for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
@@ -244,6 +235,23 @@ async def import_file(
         if then is not None:
             await then(conn, result)
         return result
+
+
+async def _emptied(
+    conn: AsyncConnection, target: str, existing: int | None, replace: bool, other: str = ""
+) -> int:
+    """The id of cassette `target`, empty, for an import's interactions: a new one, or the
+    existing one (whose content differs) emptied when `replace` allows it."""
+    if existing is None:
+        return await _new_cassette(conn, target)
+    if not replace:
+        raise CassetteExists(
+            f"cassette {target!r} is already in the store with other content; pass "
+            "--replace to replace it"
+            + (f", or {other} to import it under another name" if other else "")
+        )
+    await conn.execute(delete(Interaction).where(Interaction.cassette_id == existing))
+    return existing
 
 
 async def _new_cassette(conn: AsyncConnection, name: str) -> int:
@@ -298,15 +306,7 @@ async def _store_records(
         sha = hashlib.sha256(cassette_file.dump(target, recs)).hexdigest()
         if await digest(conn, target) == sha:
             return Imported(target, ImportStatus.UNCHANGED, len(recs), n_events, redacted)
-        if not replace:
-            raise CassetteExists(
-                f"cassette {target!r} is already in the store with other content; pass "
-                "--replace to replace it"
-            )
-        await conn.execute(delete(Interaction).where(Interaction.cassette_id == existing))
-        cassette_id = existing
-    else:
-        cassette_id = await _new_cassette(conn, target)
+    cassette_id = await _emptied(conn, target, existing, replace)
     for rec in recs:
         await _insert(conn, cassette_id, rec)
     status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
