@@ -6,8 +6,10 @@ value fails the same way wherever it came from: one line naming the key and its 
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import secrets
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +20,8 @@ from urllib.parse import urlsplit
 
 from proxy.core.hosts import check_pattern
 from proxy.core.matching import MatchRules
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
+from proxy.core.records import check_cassette_name
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 from proxy.errors import ConfigError
 
 ENV_PREFIX = "RRPROXY_"
@@ -59,6 +62,7 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
+    request_body_timeout: float = 30.0  # to receive a request's whole body (else 408)
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
     # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
@@ -68,6 +72,9 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
+    admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
+    # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
+    hop_id: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)
 
     @property
     def db_url(self) -> str:
@@ -98,8 +105,8 @@ def database_url(db: str) -> str:
 
 
 def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ValueError("must be a non-empty string")
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError("must be a non-empty string (not blank)")
     return v
 
 
@@ -114,8 +121,15 @@ def _int(v: Any) -> int:
 
 def _port(v: Any) -> int:
     n = _int(v)
-    if not 0 <= n <= 65535:
-        raise ValueError("must be a port number from 0 to 65535")
+    if not 1 <= n <= 65535:  # 0 (any free port) would leave clients no way to find the proxy
+        raise ValueError("must be a port number from 1 to 65535")
+    return n
+
+
+def _bytes(v: Any) -> int:
+    n = _int(v)
+    if n < 1:  # 0 would mean "no limit" to aiohttp, a negative size refuses every body
+        raise ValueError("must be a positive number of bytes, such as 67108864 (64 MiB)")
     return n
 
 
@@ -219,22 +233,6 @@ def _cassette(v: Any) -> str:
     return check_cassette_name(_str(v))
 
 
-def check_cassette_name(name: str) -> str:
-    """Cassette names become file names: no separators, no `..`, no control characters."""
-    if (
-        not name
-        or len(name) > 200
-        or name in (".", "..")
-        or any(c in name for c in "/\\")
-        or any(ord(c) < 32 or ord(c) == 127 for c in name)
-    ):
-        raise ValueError(
-            f"{name!r} is not a valid cassette name (1-200 characters; no '/', '\\', "
-            "control characters, and not '.' or '..')"
-        )
-    return name
-
-
 @dataclass(frozen=True)
 class Key:
     section: str | None  # TOML table, None for the top level
@@ -276,23 +274,29 @@ KEYS: tuple[Key, ...] = (
     Key(None, "pace", parse_pace, _set("pace")),
     Key(None, "strict", _bool, _set("strict")),
     Key(None, "verbose", _bool, _set("verbose")),
-    Key(None, "max_request_body", _int, _set("max_request_body")),
+    Key(None, "max_request_body", _bytes, _set("max_request_body")),
     Key("timeouts", "connect", _positive, _set("connect_timeout")),
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
+    Key("timeouts", "request_body", _positive, _set("request_body_timeout")),
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
     Key("redact", "headers", _lower_set, _add_redacted("headers", DEFAULT_HEADERS)),
     Key("redact", "query_params", _lower_set, _add_redacted("query_params", DEFAULT_QUERY_PARAMS)),
+    Key("redact", "name_contains", _lower_set, _add_redacted("name_contains", frozenset())),
+    Key("redact", "allow", _lower_set, _add_redacted("allow", DEFAULT_ALLOW)),
     Key(None, "ca_dir", _str, _set("ca_dir")),
     Key(None, "upstream_ca_bundle", _str, _set("upstream_ca_bundle")),
     Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
     Key(None, "routes", _routes, _set("routes")),
+    Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
+CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"  # names the TOML file
+VARIABLES = frozenset({CONFIG_VARIABLE, *(k.env for k in KEYS)})
 
 
 def _apply(settings: Settings, key: Key, value: Any, source: str) -> Settings:
@@ -328,6 +332,23 @@ def _flatten(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     return flat
 
 
+def _check_variables(environ: Mapping[str, str]) -> None:
+    """A misspelled `RRPROXY_*` variable would be ignored silently (and the proxy would run in
+    a mode nobody asked for): refuse it, naming the closest known one. Variables that do not
+    start with `RRPROXY_` are not ours and never looked at."""
+    unknown = sorted(n for n in environ if n.startswith(ENV_PREFIX) and n not in VARIABLES)
+    if not unknown:
+        return
+    name = unknown[0]
+    known = sorted(v.removeprefix(ENV_PREFIX) for v in VARIABLES)  # the shared prefix would
+    close = difflib.get_close_matches(name[len(ENV_PREFIX) :].upper(), known, n=1)  # match all
+    hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+    raise ConfigError(
+        f"unknown environment variable {name}{hint}: rename or unset it "
+        "(config.example.toml lists every key; key k is RRPROXY_K, k in [t] is RRPROXY_T_K)"
+    )
+
+
 def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
@@ -335,9 +356,10 @@ def load_settings(
 ) -> Settings:
     """Defaults < TOML file < RRPROXY_* environment < flags (keys as in `KEYS`, dotted)."""
     environ = os.environ if environ is None else environ
+    _check_variables(environ)
     settings = Settings()
-    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
-        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    if config_file is None and environ.get(CONFIG_VARIABLE):
+        config_file = Path(environ[CONFIG_VARIABLE])
     if config_file is not None:
         for name, value in _flatten(_read_toml(config_file), config_file).items():
             settings = _apply(settings, KEYS_BY_NAME[name], value, str(config_file))

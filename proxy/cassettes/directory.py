@@ -3,13 +3,16 @@
 The files `DIR/NAME.cassette.jsonl` are the team's cassettes, kept in git. At start every
 file whose content changed since this store last loaded or wrote it is imported (replacing
 that cassette); a cassette whose file was removed is removed from the store, so deleting a
-file is how a cassette is recorded afresh. A file that cannot be read is reported by name
-and skipped; the others load.
+file is how a cassette is recorded afresh. A file that cannot be read, stored or replayed is
+reported by name with the reason, in one log line, and skipped; the others load. Only
+regular files are read (a symbolic link to one too), each checked on the open file before a
+byte is read: a FIFO or a device never holds up the start.
 
 Whenever a recording finishes (a `Recorder` listener), its cassette's file is rewritten
-atomically — a temporary file in DIR, flushed to disk, then renamed over the old one — so
-`git status` shows the new recording at once and a reader never sees half a file. The
-content hashes of the files loaded and written are kept in the `cassette_files` table.
+atomically (`files.atomic_write`: a temporary file in DIR, flushed to disk, renamed over the
+old one, the directory flushed) so `git status` shows the new recording at once and a reader
+never sees half a file. The content hashes of the files loaded and written are kept in the
+`cassette_files` table.
 """
 
 from __future__ import annotations
@@ -18,31 +21,23 @@ import asyncio
 import hashlib
 import logging
 import os
-import secrets
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, CassetteFileError, file_name
-from proxy.cassettes.transfer import Imported, SecretsFound
-from proxy.config import check_cassette_name
+from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, file_name
+from proxy.cassettes.files import open_regular
+from proxy.cassettes.transfer import Imported
+from proxy.core.records import Recording, check_cassette_name
 from proxy.core.redact import Redactor
-from proxy.errors import ConfigError, RrproxyError
-from proxy.serve.recorder import Recording
-from proxy.serve.state import SERVICES, SETTINGS
-from proxy.store.engine import create_engine
+from proxy.errors import CassetteFileError, ConfigError, FileChanged, SecretsFound
+from proxy.files import atomic_write
+from proxy.store import maintenance
 
 log = logging.getLogger(__name__)
-
-
-class FileChanged(RrproxyError, FileExistsError):
-    """A cassette file was changed by someone else: it is not overwritten."""
 
 
 @dataclass
@@ -51,20 +46,6 @@ class LoadReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # file name -> why
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """A file that appears at `path` complete or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Hashing:
@@ -81,12 +62,15 @@ class _Hashing:
 
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:
-            return ""  # the import says why
+    with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
         while chunk := f.read(1024 * 1024):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _shown(file_name: str) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 as escapes (\\xe9)."""
+    return os.fsencode(file_name).decode("utf-8", "backslashreplace")
 
 
 class CassetteDir:
@@ -122,7 +106,7 @@ class CassetteDir:
                 f"({exc.strerror or exc})"
             ) from None
         async with self._writer.connect() as conn:
-            known = await cassettes.file_hashes(conn)
+            known = await maintenance.file_hashes(conn)
         present: set[str] = set()
         for path in sorted(self.path.glob("*" + SUFFIX)):
             name = path.name.removesuffix(SUFFIX)
@@ -134,11 +118,14 @@ class CassetteDir:
             present.add(name)
             try:
                 await self._load_file(path, name, known.get(name), report)
-            except (CassetteFileError, OSError) as exc:
-                report.failed[path.name] = str(exc)
+            except CassetteFileError as exc:  # the log line names the file already
+                where = f"line {exc.line}: " if exc.line else ""
+                report.failed[path.name] = where + exc.reason
+            except OSError as exc:
+                report.failed[path.name] = exc.strerror or str(exc)
         for name in sorted(known.keys() - present):
             async with self._writer.begin() as conn:
-                await cassettes.delete_cassette(conn, name)
+                await maintenance.delete_cassette(conn, name)
             report.removed.append(name)
         self._log(report)
         return report
@@ -152,7 +139,7 @@ class CassetteDir:
             return
 
         async def remember(conn: AsyncConnection, _result: Imported) -> None:
-            await cassettes.set_file_hash(conn, name, sha)
+            await maintenance.set_file_hash(conn, name, sha)
 
         imported = await cassettes.import_file(
             self._writer, path, name=name, replace=True, then=remember, redactor=self._redactor
@@ -164,7 +151,7 @@ class CassetteDir:
 
     def _log(self, report: LoadReport) -> None:
         for file, why in report.failed.items():
-            log.error("cassette file %s skipped: %s", self.path / file, why)
+            log.error("cassette file %s skipped: %s", _shown(str(self.path / file)), why)
         for name in report.removed:
             log.warning(
                 "cassette %r removed from the store: its file is gone from %s", name, self.path
@@ -218,7 +205,7 @@ class CassetteDir:
         path = self.file(name)
         if path.exists():
             async with self._reader.connect() as conn:
-                known = (await cassettes.file_hashes(conn)).get(name)
+                known = (await maintenance.file_hashes(conn)).get(name)
             if known != await asyncio.to_thread(_file_sha256, path):
                 raise FileChanged(
                     "it changed on disk since rrproxy loaded it; the new recordings stay in "
@@ -227,41 +214,14 @@ class CassetteDir:
                 )
         with atomic_write(path) as f:
             out = _Hashing(f)
-            await cassettes.export(self._reader, name, out, finished_only=True)
+            await cassettes.export(
+                self._reader, name, out, finished_only=True, redactor=self._redactor
+            )
         async with self._writer.begin() as conn:
-            await cassettes.set_file_hash(conn, name, out.sha256.hexdigest())
+            await maintenance.set_file_hash(conn, name, out.sha256.hexdigest())
         self.written += 1
         log.info("cassette %r written to %s", name, path)
 
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
-
-
-async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's cleanup context for `cassette_dir`: load at start; on the way out, wait for
-    the recorder's last commits and write their files. Runs after the store's context."""
-    settings = app[SETTINGS]
-    if settings.cassette_dir is None:
-        yield
-        return
-    services = app[SERVICES]
-    writer = create_engine(settings.db_url, writer=True)
-    try:
-        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
-        await sync.load()
-        services.recorder.listeners.append(sync.recorded)
-        task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
-        try:
-            yield
-        finally:
-            # The server has let running streams finish (or cancelled them) by now; this
-            # context closes before the store's, so that their files are written too.
-            try:
-                await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
-            except TimeoutError:
-                log.error("the store did not take the last recordings; their files are not written")
-            await sync.close()
-            await task
-    finally:
-        await writer.dispose()

@@ -23,23 +23,27 @@ mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the te
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
-from proxy.config import check_cassette_name
-from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead
-from proxy.errors import RrproxyError
+from proxy.cassettes.lines import TOKEN, Fields, Lines, parse_object
+from proxy.core.records import (
+    CASSETTE_FILE_SUFFIX,
+    Event,
+    Outcome,
+    Request,
+    ResponseHead,
+    check_cassette_name,
+)
 
 FORMAT = "rrproxy-cassette"
 VERSION = 1
-SUFFIX = ".cassette.jsonl"
+SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 """A larger file is refused before any of it is read."""
@@ -48,20 +52,6 @@ MAX_LINE_BYTES = 256 * 1024 * 1024
 
 _OUTCOMES = {o.value: o for o in Outcome if o is not Outcome.RECORDING}
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,16}")  # an RFC 9110 token, as the store holds
-
-
-class CassetteFileError(RrproxyError, ValueError):
-    """A cassette file that cannot be read: says which line and why."""
-
-    status = 400
-    error_type = "rrproxy_bad_cassette"
-
-    def __init__(self, line: int | None, reason: str, source: str = "cassette file"):
-        super().__init__(f"{source}, line {line}: {reason}" if line else f"{source}: {reason}")
-        self.line = line
-        self.reason = reason
-        self.source = source
 
 
 @dataclass(frozen=True)
@@ -161,52 +151,21 @@ def _line(obj: dict[str, Any]) -> bytes:
 # -- reading -------------------------------------------------------------------------------
 
 
-class _Lines:
-    """Numbered lines of a binary stream, none longer than `max_line` bytes."""
-
-    def __init__(self, stream: IO[bytes], source: str, max_line: int):
-        self._stream = stream
-        self._source = source
-        self._max = max_line
-        self.number = 0
-
-    def error(self, reason: str, line: int | None = None) -> CassetteFileError:
-        return CassetteFileError(self.number if line is None else line, reason, self._source)
-
-    def next(self) -> str | None:
-        raw = self._stream.readline(self._max + 1)
-        if not raw:
-            return None
-        self.number += 1
-        if len(raw) > self._max and not raw.endswith(b"\n"):
-            raise self.error(f"longer than {self._max} bytes")
-        if raw.startswith(b"\xef\xbb\xbf"):
-            raise self.error("starts with a UTF-8 byte order mark; save the file without it")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self.error(f"not UTF-8 (byte {exc.start}); bytes go in base64 fields") from None
-        text = text.removesuffix("\n").removesuffix("\r")  # CRLF from a Windows checkout
-        if not text.strip():
-            raise self.error("empty line")
-        return text
-
-
 def read(
     stream: IO[bytes], *, source: str = "cassette file", max_line: int = MAX_LINE_BYTES
 ) -> Iterator[Header | Recorded]:
     """The header, then each interaction with its events; raises `CassetteFileError` at the
     first wrong line (an interaction is yielded only once all its events are read)."""
-    lines = _Lines(stream, source, max_line)
+    lines = Lines(stream, source, max_line, f"this rrproxy reads cassette format version {VERSION}")
     first = lines.next()
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
-    header = _header(_object(first, lines), lines)
+    header = _header(parse_object(first, lines), lines)
     yield header
     count = 0
     while (text := lines.next()) is not None:
         at = lines.number
-        obj = _object(text, lines)
+        obj = parse_object(text, lines)
         if "request" not in obj:
             what = "an event line" if "t" in obj else "a line without 'request'"
             raise lines.error(f"expected an interaction line (with 'request'), found {what}")
@@ -224,7 +183,7 @@ def read(
                     f"the file ends after {len(events)} of the {expected} events that the "
                     f"interaction on line {at} announces (a truncated file?)"
                 )
-            events.append(_event(_object(text, lines), lines))
+            events.append(_event(parse_object(text, lines), lines))
         count += 1
         yield replace(head, events=tuple(events))
     if count < header.interactions:
@@ -242,109 +201,7 @@ def loads(data: bytes, *, source: str = "cassette file") -> tuple[Header, list[R
     return header, [i for i in items[1:] if isinstance(i, Recorded)]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise ValueError(f"the key {key!r} appears twice")
-        obj[key] = value
-    return obj
-
-
-def _object(text: str, lines: _Lines) -> dict[str, Any]:
-    try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except RecursionError:
-        raise lines.error("nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError included
-        raise lines.error(f"not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise lines.error(f"expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-class _Fields:
-    """Typed access to one JSON object's fields; unknown fields are an error."""
-
-    KINDS: ClassVar[dict[type, str]] = {
-        str: "a string",
-        int: "a whole number",
-        list: "a list",
-        dict: "an object",
-        bool: "true or false",
-    }
-
-    def __init__(self, obj: dict[str, Any], where: str, lines: _Lines, known: tuple[str, ...]):
-        self.obj = obj
-        self.where = where
-        self.lines = lines
-        unknown = [k for k in obj if k not in known]
-        if unknown:
-            raise lines.error(
-                f"{where}: unknown field {unknown[0]!r} (this rrproxy reads cassette format "
-                f"version {VERSION}; fields: {', '.join(known)})"
-            )
-
-    def fail(self, key: str, reason: str) -> CassetteFileError:
-        return self.lines.error(f"{self.where}{key!r} {reason}")
-
-    def get(self, key: str, kind: type, *, optional: bool = False) -> Any:
-        if key not in self.obj:
-            if optional:
-                return None
-            raise self.fail(key, "is missing")
-        value = self.obj[key]
-        if value is None and optional:
-            return None
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(key, f"must be {self.KINDS[kind]}, not {json.dumps(value)[:40]}")
-        return value
-
-    def number(self, key: str, *, optional: bool = False) -> float | None:
-        value = self.obj.get(key)
-        if key not in self.obj and not optional:
-            raise self.fail(key, "is missing")
-        if value is None and optional:
-            return None
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise self.fail(key, "must be a number of milliseconds, 0 or more")
-        return float(value)
-
-    def headers(self, key: str) -> Headers:
-        pairs = self.get(key, list)
-        for pair in pairs:
-            if not (
-                isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
-            ):
-                raise self.fail(key, 'must be a list of ["name", "value"] pairs')
-        return tuple((n, v) for n, v in pairs)
-
-    def data(self, text_key: str, b64_key: str) -> bytes:
-        has_text, has_b64 = text_key in self.obj, b64_key in self.obj
-        if has_text == has_b64:
-            raise self.lines.error(f"{self.where}needs exactly one of {text_key!r}, {b64_key!r}")
-        if has_text:
-            text: str = self.get(text_key, str)
-            try:
-                return text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise self.fail(text_key, "holds a lone surrogate (use base64)") from None
-        try:
-            return base64.b64decode(self.get(b64_key, str), validate=True)
-        except (binascii.Error, ValueError):
-            raise self.fail(b64_key, "is not valid base64") from None
-
-
-def _header(obj: dict[str, Any], lines: _Lines) -> Header:
+def _header(obj: dict[str, Any], lines: Lines) -> Header:
     if obj.get("format") != FORMAT:
         raise lines.error(
             f'not an rrproxy cassette: the first line must be the header {{"format": "{FORMAT}",'
@@ -356,7 +213,7 @@ def _header(obj: dict[str, Any], lines: _Lines) -> Header:
             f"cassette format version {version} is newer than this rrproxy reads ({VERSION}); "
             "upgrade rrproxy"
         )
-    f = _Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
+    f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
     if f.get("version", int) != VERSION:
         raise f.fail("version", f"must be {VERSION}")
     try:
@@ -369,7 +226,7 @@ def _header(obj: dict[str, Any], lines: _Lines) -> Header:
     return Header(name, interactions)
 
 
-def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
+def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
     """The interaction without its events yet, and how many events follow."""
     known = (
         "request",
@@ -382,22 +239,13 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
         "duration_ms",
         "events",
     )
-    f = _Fields(obj, "", lines, known)
-    req = _Fields(
-        f.get("request", dict), "request: ", lines, ("method", "url", "headers", "body", "body_b64")
-    )
-    method = req.get("method", str)
-    if not _METHOD.fullmatch(method):
-        raise req.fail("method", "must be an HTTP method such as POST")
-    url = req.get("url", str)
-    if not re.match(r"(?i)https?://[^/?#\s]+", url):
-        raise req.fail("url", "must be an absolute http:// or https:// URL")
-    request = Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
-    resp = _Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
-    status = resp.get("status", int)
-    if not 100 <= status <= 999:
-        raise resp.fail("status", "must be an HTTP status from 100 to 999")
-    response = ResponseHead(status, resp.headers("headers"))
+    f = Fields(obj, "", lines, known)
+    request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
+    events = f.get("events", int)
+    if events < 0:
+        raise f.fail("events", "must be 0 or more")
+    resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
+    response = ResponseHead(_status(resp, request.method, events), resp.headers("headers"))
     outcome_text = f.get("outcome", str)
     outcome = _OUTCOMES.get(outcome_text)
     if outcome is None:
@@ -405,23 +253,14 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
     complete = f.get("complete", bool)
     if complete != outcome.complete:
         raise f.fail("complete", f"must be {str(not complete).lower()} for outcome {outcome_text}")
-    try:
-        recorded_at = datetime.fromisoformat(f.get("recorded_at", str))
-    except ValueError:
-        raise f.fail("recorded_at", "must be a time such as 2025-03-06T13:50:19.000000Z") from None
-    if recorded_at.tzinfo is None:
-        raise f.fail("recorded_at", "must say its time zone (end it with Z for UTC)")
-    events = f.get("events", int)
-    if events < 0:
-        raise f.fail("events", "must be 0 or more")
     ttfb_ms = f.number("ttfb_ms")
     assert ttfb_ms is not None
     head = Recorded(
         request=request,
         response=response,
         outcome=outcome,
-        error=f.get("error", str, optional=True),
-        recorded_at=recorded_at.astimezone(UTC),
+        error=f.text("error", optional=True),
+        recorded_at=_recorded_at(f),
         ttfb_ms=ttfb_ms,
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
@@ -429,13 +268,55 @@ def _interaction(obj: dict[str, Any], lines: _Lines) -> tuple[Recorded, int]:
     return head, events
 
 
-def _event(obj: dict[str, Any], lines: _Lines) -> Event:
+_REQUEST_FIELDS = ("method", "url", "headers", "body", "body_b64")
+
+
+def _request(req: Fields) -> Request:
+    method = req.get("method", str)
+    if len(method) > 16 or not TOKEN.fullmatch(method):  # an RFC 9110 token, as the store holds
+        raise req.fail("method", "must be an HTTP method such as POST")
+    url = req.text("url")
+    if not re.match(r"(?i)https?://[^/?#\s]+", url):
+        raise req.fail("url", "must be an absolute http:// or https:// URL")
+    return Request(method, url, req.headers("headers"), req.data("body", "body_b64"))
+
+
+def _status(resp: Fields, method: str, events: int) -> int:
+    """A status that can be replayed: a final one (a 1xx is an interim answer; a 101 would
+    hand the connection over and leave the client waiting), and no body where HTTP allows
+    none (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5), which would never reach the client."""
+    status: int = resp.get("status", int)
+    if not 200 <= status <= 999:
+        raise resp.fail("status", "must be a final HTTP status from 200 to 999")
+    if events and (status in (204, 304) or method == "HEAD"):
+        what = "a response to HEAD" if method == "HEAD" else f"a {status} response"
+        raise resp.lines.error(f"{what} has no body, this one has {events} event(s)")
+    return status
+
+
+def _recorded_at(f: Fields) -> datetime:
+    try:
+        t = datetime.fromisoformat(f.get("recorded_at", str))
+    except ValueError:
+        raise f.fail("recorded_at", "must be a time such as 2025-03-06T13:50:19.000000Z") from None
+    if t.tzinfo is None:
+        raise f.fail("recorded_at", "must say its time zone (end it with Z for UTC)")
+    try:
+        utc: datetime | None = t.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-02:00 falls in the year 10000 in UTC
+        utc = None
+    if utc is None or utc.year < 1970:  # what every store and the file's format can hold
+        raise f.fail("recorded_at", "must be a time between the years 1970 and 9999 (UTC)")
+    return utc
+
+
+def _event(obj: dict[str, Any], lines: Lines) -> Event:
     if "request" in obj:
         raise lines.error(
             "expected an event line, found an interaction line (the previous interaction "
             "announces more events than it has)"
         )
-    f = _Fields(obj, "event: ", lines, ("t", "data", "b64"))
+    f = Fields(obj, "event: ", lines, ("t", "data", "b64"))
     t = f.number("t")
     assert t is not None
     return Event(t, f.data("data", "b64"))

@@ -1,16 +1,16 @@
-"""Whole-cassette operations on the store: summaries, export, import, delete.
+"""A cassette between the store and its file: export (with the secret scan), import, check.
 
-Recordings are written by the recorder; these are the other writes, each one transaction of
-its own (`BEGIN IMMEDIATE` on SQLite through a writer engine). An import reads its file
-twice: once to check every line and hash what it would store, then, inside the
-transaction, to insert. A file that turns out bad halfway rolls the whole import back.
+An export reads the store (`store.queries`) and writes the file's lines (`file_format`),
+refusing key-like strings unless told otherwise. An import is one transaction of its own
+(`BEGIN IMMEDIATE` on SQLite through a writer engine) and reads its file twice: once to
+check every line and hash what it would store, then, inside the transaction, to redact and
+insert. A file that turns out bad halfway rolls the whole import back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -18,74 +18,24 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
-from proxy.cassettes.file_format import CassetteFileError, Header, Recorded
-from proxy.config import check_cassette_name
-from proxy.core.records import Event as EventRecord
-from proxy.core.records import Outcome, Request, ResponseHead, header_pairs
+from proxy.cassettes.file_format import Header, Recorded
+from proxy.cassettes.files import open_regular
+from proxy.core.records import Outcome, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
-from proxy.errors import CassetteExists, CassetteNotFound, RrproxyError
-from proxy.store.models import Cassette, CassetteFile, Event, Interaction
+from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
+from proxy.store import queries
+from proxy.store.models import Cassette, Event, Interaction
 
-_UNFINISHED = (Outcome.INCOMPLETE.value, Outcome.RECORDING.value)
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
 
 class Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
-
-
-class SecretsFound(RrproxyError, ValueError):
-    """Export refused: the cassette holds key-like strings (each named by line and place)."""
-
-    status = 422
-    error_type = "rrproxy_secrets_found"
-
-    def __init__(self, cassette: str, findings: list[tuple[int, Finding]]):
-        shown = [f"  line {line}: {finding}" for line, finding in findings[:20]]
-        if len(findings) > 20:
-            shown.append(f"  ... and {len(findings) - 20} more")
-        super().__init__(
-            f"refusing to export cassette {cassette!r}: it holds {len(findings)} key-like "
-            "string(s):\n" + "\n".join(shown) + "\nRemove them (redact them when recording: "
-            "see [redact] in config.example.toml, then record again), or pass --allow-secrets "
-            "if they are not secrets."
-        )
-        self.findings = findings
-
-
-@dataclass(frozen=True)
-class CassetteInfo:
-    name: str
-    interactions: int
-    events: int
-    size: int  # bytes of request and response bodies
-    last_recorded: datetime | None
-    incomplete: int
-
-
-@dataclass(frozen=True)
-class InteractionInfo:
-    number: int  # 1-based, in recording order
-    id: int
-    method: str
-    url: str
-    status: int
-    events: int
-    size: int
-    ttfb_ms: float
-    duration_ms: float | None
-    outcome: Outcome
-    error: str | None
-    recorded_at: datetime
-
-    @property
-    def complete(self) -> bool:
-        return self.outcome.complete
 
 
 class ImportStatus(StrEnum):
@@ -102,120 +52,30 @@ class Imported:
     events: int
 
 
-# -- reading ------------------------------------------------------------------------------
-
-
-async def summaries(engine: AsyncEngine) -> list[CassetteInfo]:
-    stmt = (
-        select(
-            Cassette.name,
-            func.count(Interaction.id),
-            func.coalesce(func.sum(Interaction.event_count), 0),
-            func.coalesce(
-                func.sum(Interaction.body_size + func.length(Interaction.request_body)), 0
-            ),
-            func.max(Interaction.started_at),
-            func.count(Interaction.id).filter(Interaction.outcome.in_(_UNFINISHED)),
-        )
-        .outerjoin(Interaction)
-        .group_by(Cassette.id)
-        .order_by(Cassette.name)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return [CassetteInfo(r[0], r[1], int(r[2]), int(r[3]), _utc(r[4]), r[5]) for r in rows]
-
-
-async def interactions(engine: AsyncEngine, name: str) -> list[InteractionInfo]:
-    """A cassette's interactions in recording order; `CassetteNotFound` if there is none."""
-    async with engine.connect() as conn:
-        await _require(conn, name)
-        rows = (
-            await conn.execute(
-                select(
-                    Interaction.id,
-                    Interaction.method,
-                    Interaction.url,
-                    Interaction.status,
-                    Interaction.event_count,
-                    Interaction.body_size,
-                    Interaction.ttfb_ms,
-                    Interaction.duration_ms,
-                    Interaction.outcome,
-                    Interaction.error,
-                    Interaction.started_at,
-                )
-                .join(Cassette)
-                .where(Cassette.name == name)
-                .order_by(Interaction.id)
-            )
-        ).all()
-    return [
-        InteractionInfo(
-            number=i,
-            id=r.id,
-            method=r.method,
-            url=r.url,
-            status=r.status,
-            events=r.event_count,
-            size=r.body_size,
-            ttfb_ms=r.ttfb_ms,
-            duration_ms=r.duration_ms,
-            outcome=Outcome(r.outcome),
-            error=r.error,
-            recorded_at=_utc(r.started_at) or datetime.now(UTC),
-        )
-        for i, r in enumerate(rows, 1)
-    ]
-
-
-async def events(engine: AsyncEngine, interaction_id: int) -> list[EventRecord]:
-    async with engine.connect() as conn:
-        return await _events(conn, interaction_id)
-
-
-async def _events(conn: AsyncConnection, interaction_id: int) -> list[EventRecord]:
-    rows = await conn.execute(
-        select(Event.t_ms, Event.data)
-        .where(Event.interaction_id == interaction_id)
-        .order_by(Event.seq)
-    )
-    return [EventRecord(r.t_ms, r.data) for r in rows]
-
-
-async def _require(conn: AsyncConnection, name: str) -> int:
-    found = await conn.scalar(select(Cassette.id).where(Cassette.name == name))
-    if found is None:
-        raise CassetteNotFound(f"no cassette named {name!r} in the store (rrproxy ls lists them)")
-    return int(found)
+# -- export -------------------------------------------------------------------------------
 
 
 async def _recorded(
-    conn: AsyncConnection, cassette_id: int, *, finished_only: bool
+    conn: AsyncConnection, name: str, *, finished_only: bool
 ) -> tuple[int, AsyncIterator[Recorded]]:
     """How many interactions there are, and each in full (events loaded one interaction
     at a time). An interaction still being recorded counts as incomplete, or is left out."""
-    stmt = select(*Interaction.__table__.c).where(Interaction.cassette_id == cassette_id)
-    if finished_only:
-        stmt = stmt.where(Interaction.outcome != Outcome.RECORDING.value)
-    heads = (await conn.execute(stmt.order_by(Interaction.id))).all()
+    heads = await queries.interactions(conn, name, required=True, finished_only=finished_only)
 
     async def each() -> AsyncIterator[Recorded]:
-        for row in heads:
-            outcome, error = Outcome(row.outcome), row.error
+        for head in heads:
+            outcome, error = head.outcome, head.error
             if outcome is Outcome.RECORDING:
                 outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
             yield Recorded(
-                request=Request(
-                    row.method, row.url, header_pairs(row.request_headers), row.request_body
-                ),
-                response=ResponseHead(row.status, header_pairs(row.response_headers)),
+                request=head.request,
+                response=head.response,
                 outcome=outcome,
                 error=error,
-                recorded_at=_utc(row.started_at) or datetime.now(UTC),
-                ttfb_ms=row.ttfb_ms,
-                duration_ms=row.duration_ms,
-                events=tuple(await _events(conn, row.id)),
+                recorded_at=head.recorded_at,
+                ttfb_ms=head.ttfb_ms,
+                duration_ms=head.duration_ms,
+                events=tuple(await queries.events(conn, head.id)),
             )
 
     return len(heads), each()
@@ -225,7 +85,7 @@ async def _lines(
     conn: AsyncConnection, name: str, *, as_name: str | None = None, finished_only: bool = False
 ) -> AsyncIterator[tuple[int, Recorded | None, bytes]]:
     """The cassette file's lines, numbered from 1, each with the interaction it starts."""
-    count, recs = await _recorded(conn, await _require(conn, name), finished_only=finished_only)
+    count, recs = await _recorded(conn, name, finished_only=finished_only)
     yield 1, None, cassette_file.header_line(as_name or name, count)
     number = 1
     async for rec in recs:
@@ -241,9 +101,11 @@ async def export(
     *,
     allow_secrets: bool = False,
     finished_only: bool = False,
+    redactor: Redactor | None = None,
 ) -> int:
     """Write the cassette file to `out`; returns the number of interactions. Raises
-    `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`."""
+    `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`.
+    `redactor` says which header and query names are credentials (the defaults if None)."""
     findings: list[tuple[int, Finding]] = []
     interactions = 0
     async with engine.connect() as conn:
@@ -252,7 +114,10 @@ async def export(
             if rec is not None:
                 interactions += 1
                 if not allow_secrets:
-                    found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+                    found = [
+                        *scan_request(rec.request, redactor),
+                        *scan_response(rec.response, rec.events, redactor),
+                    ]
                     findings.extend((number + (f.event or 0), f) for f in found)
     if findings:
         raise SecretsFound(name, findings)
@@ -293,14 +158,7 @@ def check_file(
 
 
 def _read(path: Path, *, max_bytes: int, max_line: int) -> Iterator[Header | Recorded]:
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size  # checked before anything is read
-        if size > max_bytes:
-            raise CassetteFileError(
-                None,
-                f"{size} bytes is more than the {max_bytes} bytes a cassette file may have",
-                str(path),
-            )
+    with open_regular(path, max_bytes=max_bytes) as f:
         yield from cassette_file.read(f, source=str(path), max_line=max_line)
 
 
@@ -325,10 +183,11 @@ async def import_file(
     header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
     target = check_cassette_name(name or header.name)
     async with engine.begin() as conn:
-        existing = await conn.scalar(select(Cassette.id).where(Cassette.name == target))
+        existing = await queries.cassette_id(conn, target)
         if existing is not None:
             if await digest(conn, target) == sha:
-                result = await _unchanged(conn, target)
+                count, n_events = await queries.counts(conn, target)
+                result = Imported(target, ImportStatus.UNCHANGED, count, n_events)
                 if then is not None:
                     await then(conn, result)
                 return result
@@ -338,7 +197,7 @@ async def import_file(
                     "--replace to replace it, or --as NAME to import it under another name"
                 )
             await conn.execute(delete(Interaction).where(Interaction.cassette_id == existing))
-            cassette_id = int(existing)
+            cassette_id = existing
         else:
             cassette_id = await _new_cassette(conn, target)
         count = n_events = 0
@@ -359,17 +218,6 @@ async def import_file(
         if then is not None:
             await then(conn, result)
         return result
-
-
-async def _unchanged(conn: AsyncConnection, name: str) -> Imported:
-    count, n_events = (
-        await conn.execute(
-            select(func.count(Interaction.id), func.coalesce(func.sum(Interaction.event_count), 0))
-            .join(Cassette)
-            .where(Cassette.name == name)
-        )
-    ).one()
-    return Imported(name, ImportStatus.UNCHANGED, int(count), int(n_events))
 
 
 async def _new_cassette(conn: AsyncConnection, name: str) -> int:
@@ -399,7 +247,10 @@ def find_secrets(
             continue
         line += 1
         rec = _redacted(item, redactor)
-        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        found = [
+            *scan_request(rec.request, redactor),
+            *scan_response(rec.response, rec.events, redactor),
+        ]
         findings.extend((line + (f.event or 0), f) for f in found)
         line += len(item.events)
     return findings
@@ -435,36 +286,3 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
                 for i, e in enumerate(rec.events)
             ],
         )
-
-
-# -- delete and the cassette directory's bookkeeping -----------------------------------------
-
-
-async def delete_cassette(conn: AsyncConnection, name: str) -> bool:
-    """Remove a cassette with everything recorded in it; False if there was none."""
-    await conn.execute(delete(CassetteFile).where(CassetteFile.name == name))
-    found = await conn.scalar(select(Cassette.id).where(Cassette.name == name))
-    if found is None:
-        return False
-    # Events go with their interactions (ON DELETE CASCADE), interactions with the cassette.
-    await conn.execute(delete(Interaction).where(Interaction.cassette_id == found))
-    await conn.execute(delete(Cassette).where(Cassette.id == found))
-    return True
-
-
-async def file_hashes(conn: AsyncConnection) -> dict[str, str]:
-    rows = await conn.execute(select(CassetteFile.name, CassetteFile.sha256))
-    return {r.name: r.sha256 for r in rows}
-
-
-async def set_file_hash(conn: AsyncConnection, name: str, sha256: str) -> None:
-    await conn.execute(delete(CassetteFile).where(CassetteFile.name == name))
-    await conn.execute(
-        insert(CassetteFile).values(name=name, sha256=sha256, loaded_at=datetime.now(UTC))
-    )
-
-
-def _utc(t: datetime | None) -> datetime | None:
-    if t is None or t.tzinfo is not None:
-        return t
-    return t.replace(tzinfo=UTC)  # SQLite hands back naive datetimes; they were stored as UTC

@@ -12,35 +12,16 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from proxy.config import Settings
-from proxy.errors import ConfigError
+from proxy.errors import CertificateError, ConfigError
 
 if TYPE_CHECKING:
     from proxy.forward_proxy.ca import CertificateAuthority
 
 BUNDLE_FILE = "rrproxy-ca-bundle.pem"
 NO_PROXY = "localhost,127.0.0.1,::1"  # loopback: rrproxy's own port, local services
-
-
-def add_commands(commands: Any) -> None:
-    """Register `ca` and `env` on the `rrproxy` subparsers."""
-    ca = commands.add_parser(
-        "ca", help="print the path of rrproxy's CA certificate (created on first use)"
-    )
-    ca.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    ca.set_defaults(run=_ca)
-
-    env = commands.add_parser(
-        "env",
-        help='print shell lines that route HTTP clients through rrproxy: eval "$(rrproxy env)"',
-    )
-    env.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    env.add_argument("--host", help="the proxy's address (default 127.0.0.1)")
-    env.add_argument("--port", help="the proxy's port (default 8080)")
-    env.add_argument("--unset", action="store_true", help="print the lines that undo it")
-    env.set_defaults(run=_env)
 
 
 def proxy_url(settings: Settings) -> str:
@@ -69,10 +50,7 @@ def variables(proxy: str, bundle: Path, ca_cert: Path) -> list[tuple[str, str]]:
 
 
 def _load_ca(settings: Settings) -> CertificateAuthority:
-    from proxy.forward_proxy.ca import (  # cryptography: only when needed
-        CertificateAuthority,
-        CertificateError,
-    )
+    from proxy.forward_proxy.ca import CertificateAuthority  # cryptography: only when needed
 
     try:
         return CertificateAuthority.load_or_create(Path(settings.ca_dir).expanduser())
@@ -80,12 +58,12 @@ def _load_ca(settings: Settings) -> CertificateAuthority:
         raise ConfigError(f"ca_dir = {settings.ca_dir!r}: {exc}") from exc
 
 
-def _ca(settings: Settings, _args: argparse.Namespace) -> int:
+def ca_command(settings: Settings, _args: argparse.Namespace) -> int:
     print(_load_ca(settings).cert_path)
     return 0
 
 
-def _env(settings: Settings, args: argparse.Namespace) -> int:
+def env_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.unset:
         names = (name for name, _ in variables("", Path(), Path()))
         print("unset " + " ".join(names))

@@ -1,41 +1,67 @@
-"""The `rrproxy` command (also `python -m proxy`). Only this module configures logging."""
+"""The `rrproxy` command (also `python -m proxy`): its arguments, the settings they make, and
+how a command ends. Only this module configures logging.
+
+Each command names the function that runs it as `"module:function"`; its module is imported
+only when that command runs, so `rrproxy --version` and `--help` load neither SQLAlchemy,
+aiohttp nor cryptography.
+
+Exit statuses: 0 done; 1 the command failed (a missing cassette, a bad file, the store);
+2 bad usage or configuration (one line naming the flag, key or variable); 141 the reader of
+standard output went away (`rrproxy show X | head -1`), as for a Unix tool stopped by SIGPIPE.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import errno
-import gc
+import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from aiohttp import web
+from typing import Any, cast
 
 from proxy import __version__
-from proxy.cli.cassettes import add_commands as add_cassette_commands
-from proxy.cli.env import add_commands as add_env_commands
 from proxy.config import Mode, Settings, load_settings
+from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError, RrproxyError
 
-log = logging.getLogger("proxy")
-
+EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_PIPE = 128 + 13  # SIGPIPE
+
+Run = Callable[[Settings, argparse.Namespace], int]
 
 
-def _settings_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    parser.add_argument("--db", metavar="URL_OR_PATH", help="store: SQLite file or SQLAlchemy URL")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_const",
-        const=True,
-        default=None,
-        help="log more (debug lines)",
+def _options() -> dict[str, argparse.ArgumentParser]:
+    """Options several commands share, each declared once (argparse parent parsers)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    _flag(common, "-v", "--verbose", text="log debug lines")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--db", metavar="URL_OR_PATH", help="store: SQLite file or SQLAlchemy URL")
+    directory = argparse.ArgumentParser(add_help=False)
+    directory.add_argument(
+        "--cassette-dir",
+        metavar="DIR",
+        help="the team's cassettes as NAME.cassette.jsonl files (loaded first)",
     )
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", help="the proxy's address (default 127.0.0.1)")
+    listen.add_argument("--port", help="the proxy's port (default 8080)")
+    return {"common": common, "store": store, "dir": directory, "listen": listen}
+
+
+def _cassette_name(value: str) -> str:
+    try:
+        return check_cassette_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, text: str) -> None:
+    """A switch that is None when absent, so the file's or the environment's value stands."""
+    parser.add_argument(*names, action="store_const", const=True, default=None, help=text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,40 +71,96 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rrproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    o = _options()
 
-    serve = commands.add_parser("serve", help="run the proxy")
-    _settings_flags(serve)
-    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
-    serve.add_argument("--port", help="listen port (default 8080)")
+    def command(name: str, run: str, text: str, *shared: str, **kw: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, parents=[o[s] for s in shared], **kw)
+        sub.set_defaults(run=run)
+        return sub
+
+    shared = ("common", "store", "dir", "listen")
+    serve = command("serve", "proxy.cli.serve:serve_command", "run the proxy", *shared)
     serve.add_argument("--upstream", metavar="URL", help="default https://api.openai.com")
     serve.add_argument("--mode", help="/".join(m.value for m in Mode) + " (default auto)")
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
-    serve.add_argument("--cassette-dir", metavar="DIR", help="cassette files (loaded, rewritten)")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
-    serve.add_argument(
-        "--strict",
-        action="store_const",
-        const=True,
-        default=None,
-        help="replay: a request beyond its recordings is a miss",
-    )
-    serve.add_argument(
+    _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
+    _flag(
+        serve,
         "--allow-remote",
-        action="store_const",
-        const=True,
-        default=None,
-        help="listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
+        text="listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
     )
-    serve.set_defaults(run=_serve)
 
     db = commands.add_parser("db", help="manage the store")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
-    upgrade = db_commands.add_parser("upgrade", help="apply the schema migrations")
-    _settings_flags(upgrade)
-    upgrade.set_defaults(run=_db_upgrade)
-    add_cassette_commands(commands)
-    add_env_commands(commands)
+    upgrade = db_commands.add_parser(
+        "upgrade", help="apply the schema migrations", parents=[o["common"], o["store"]]
+    )
+    upgrade.set_defaults(run="proxy.cli.store:db_upgrade")
+
+    _cassette_commands(command)
+
+    command(
+        "ca",
+        "proxy.cli.env:ca_command",
+        "print the path of rrproxy's CA certificate (created on first use)",
+        "common",
+    )
+    env = command(
+        "env",
+        "proxy.cli.env:env_command",
+        'print shell lines that route HTTP clients through rrproxy: eval "$(rrproxy env)"',
+        "common",
+        "listen",
+    )
+    env.add_argument("--unset", action="store_true", help="print the lines that undo it")
     return parser
+
+
+def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    shared = ("common", "store", "dir")
+    module = "proxy.cli.cassettes"
+    ls = command(
+        "ls", f"{module}:ls_command", "list the cassettes in the store", *shared, aliases=["list"]
+    )
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    show = command(
+        "show", f"{module}:show_command", "show a cassette's interactions and events", *shared
+    )
+    show.add_argument("name", type=_cassette_name, metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--no-events", action="store_true", help="interactions only")
+
+    export = command(
+        "export",
+        f"{module}:export_command",
+        "write a cassette to a file (NAME.cassette.jsonl), refusing secrets",
+        *shared,
+    )
+    export.add_argument("name", type=_cassette_name, metavar="NAME")
+    export.add_argument(
+        "-o", "--output", metavar="FILE", help="default NAME.cassette.jsonl; '-' for stdout"
+    )
+    export.add_argument(
+        "--allow-secrets", action="store_true", help="write even if key-like strings are found"
+    )
+
+    imp = command(
+        "import", f"{module}:import_command", "load a cassette file into the store", *shared
+    )
+    imp.add_argument("file", type=Path, metavar="FILE")
+    imp.add_argument(
+        "--as", dest="as_name", type=_cassette_name, metavar="NAME", help="store it as NAME"
+    )
+    imp.add_argument(
+        "--replace", action="store_true", help="replace a cassette of that name with other content"
+    )
+
+    rm = command(
+        "rm", f"{module}:rm_command", "delete cassettes from the store", *shared, aliases=["remove"]
+    )
+    rm.add_argument("names", type=_cassette_name, nargs="+", metavar="NAME")
 
 
 def _load(args: argparse.Namespace) -> Settings:
@@ -86,6 +168,11 @@ def _load(args: argparse.Namespace) -> Settings:
     names += ("strict", "verbose", "cassette_dir", "allow_remote")
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
+
+
+def _runner(target: str) -> Run:
+    module, _, function = target.partition(":")
+    return cast(Run, getattr(importlib.import_module(module), function))
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -99,94 +186,33 @@ def _configure_logging(verbose: bool) -> None:
     # A line per interaction: skip gathering what the format never shows (the logging
     # HOWTO's "Optimization" section).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # nor the caller's file and line
     if not verbose:
         for noisy in ("aiohttp.access", "alembic", "sqlalchemy"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _serve(settings: Settings, _args: argparse.Namespace) -> int:
-    from proxy.serve.app import create_app
-
-    def listening(_aiohttp_banner: str) -> None:  # called once the port is bound
-        base = f"http://{settings.host}:{settings.port}"
-        log.info(
-            "rrproxy %s on %s -> %s (mode %s, cassette %r, store %s)",
-            __version__,
-            base,
-            settings.upstream,
-            settings.mode,
-            settings.cassette,
-            settings.db,
-        )
-        log.info(
-            "point an app at it: OPENAI_BASE_URL=%s/v1, ANTHROPIC_BASE_URL=%s (with "
-            '--upstream https://api.anthropic.com), or eval "$(rrproxy env)" for any host',
-            base,
-            base,
-        )
-
-    app = create_app(settings)
-    app.on_startup.append(_freeze_what_lives_forever)  # after the app's own start-up
-    try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            shutdown_timeout=settings.shutdown_timeout,
-            access_log=None,  # our own line per interaction; it never shows a query's secrets
-            handler_cancellation=False,  # a client hanging up leaves its recording to finish
-            print=listening,
-        )
-    except OSError as exc:
-        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-            raise
-        raise ConfigError(
-            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
-            "choose another --port or --host"
-        ) from exc
-    log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
-    return 0
-
-
-async def _freeze_what_lives_forever(_app: web.Application) -> None:
-    """What exists once the server has started (modules, the app, the store's engines) lives
-    as long as the process: keep it out of the garbage collector's full passes (gc.freeze),
-    which would otherwise walk all of it again and again while a long stream is relayed or
-    replayed. A 20 MB replay took 100-110 ms of CPU without, 60-70 ms with."""
-    gc.freeze()
-
-
-def _db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
-    from proxy.store import migrate
-    from proxy.store.engine import create_engine
-
-    async def run() -> str | None:
-        engine = create_engine(settings.db_url, writer=True)
-        try:
-            await migrate.upgrade(engine)
-            return await migrate.current_revision(engine)
-        finally:
-            await engine.dispose()
-
-    revision = asyncio.run(run())
-    print(f"store {settings.db} is at schema revision {revision}")
-    return 0
+def _stdout_gone() -> int:
+    """The reader of standard output went away: stop quietly, as `cat` or `git log` do.
+    Python's recipe (library docs, signal, "Note on SIGPIPE"): point stdout at /dev/null so
+    that the flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_PIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = _load(args)
-    except ConfigError as exc:
-        print(f"rrproxy: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    _configure_logging(settings.verbose)
-    try:
-        return int(args.run(settings, args))  # run(settings, args): each command's function
+        _configure_logging(settings.verbose)
+        status = _runner(args.run)(settings, args)
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except ConfigError as exc:
         print(f"rrproxy: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RrproxyError as exc:
         print(f"rrproxy: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

@@ -21,9 +21,9 @@ HOP_BY_HOP = frozenset(
 )
 CONTROL = frozenset({"rrproxy-cassette", "rrproxy-mode", "rrproxy-pace"})
 """Per-request control headers: read by rrproxy, never forwarded or recorded."""
-NOT_FORWARDED = CONTROL | {"host", "content-length"}
+NOT_FORWARDED = CONTROL | {"host", "content-length", "rrproxy-hops"}
 """A request's headers that do not go upstream as they came (aiohttp sets Host and
-Content-Length itself)."""
+Content-Length itself; rrproxy adds itself to Rrproxy-Hops when it forwards)."""
 
 
 def end_to_end(pairs: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()) -> Headers:

@@ -5,6 +5,12 @@ authority form) or `GET http://host:port/path` (the absolute form, RFC 9112 §3.
 functions turn both into a `Target`, decide whether a host matches a configured pattern,
 and whether an address is rrproxy's own. None of them looks a name up: rrproxy in replay
 mode answers without DNS.
+
+An IPv4 address has more spellings than the dotted quad: `127.1`, `0x7f000001`,
+`2130706433` and `0177.0.0.1` all reach 127.0.0.1 through `inet_aton` (which curl and the
+WHATWG URL parser follow), and `::ffff:127.0.0.1` reaches it over IPv6. Every one is read
+as the address it reaches, so that neither the loop check nor a host pattern can be
+side-stepped by another spelling.
 """
 
 from __future__ import annotations
@@ -105,28 +111,55 @@ def origin_form(raw_target: str) -> str:
 
 
 def check_pattern(pattern: str) -> str:
-    """A host pattern from the configuration: `api.openai.com`, `*.example.com`, an IP."""
+    """A host pattern from the configuration: `api.openai.com`, `*.example.com`, an IP, each
+    with an optional port (`api.example.com:8443`, `*.corp:443`, `[::1]:8443`)."""
     text = pattern.strip().lower()
-    name = text[2:] if text.startswith("*.") else text
     try:
-        normal = normalize_host(name)
+        host, port = _split_pattern(text)
+        wildcard = host.startswith("*.")
+        normal = normalize_host(host[2:] if wildcard else host)
     except ValueError:
         raise ValueError(
-            f"{pattern!r} is not a host pattern (a host name, '*.' and a domain, or an IP)"
+            f"{pattern!r} is not a host pattern (a host name, '*.' and a domain, or an IP; "
+            "then ':' and a port, optionally)"
         ) from None
-    return f"*.{normal}" if text.startswith("*.") else normal
+    shown = f"*.{normal}" if wildcard else normal
+    if port is None:
+        return shown
+    return f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
 
 
-def host_matches(host: str, patterns: Iterable[str]) -> bool:
-    """Whether `host` (normalized) is one of `patterns`: a name matches itself, and
-    `*.example.com` matches every name under example.com (not example.com itself)."""
+def host_matches(host: str, patterns: Iterable[str], port: int | None = None) -> bool:
+    """Whether `host` (normalized) on `port` is one of `patterns` (from `check_pattern`): a
+    name matches itself, `*.example.com` every name under example.com (not example.com
+    itself); a pattern with a port matches that port only."""
     for pattern in patterns:
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]):
+        name, wanted = _split_pattern(pattern)
+        if wanted is not None and wanted != port:
+            continue
+        if name.startswith("*."):
+            if host.endswith(name[1:]):
                 return True
-        elif host == pattern:
+        elif host == name:
             return True
     return False
+
+
+def _split_pattern(text: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address → (host, port or None)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"{text!r}: no closing bracket")
+        if not port:
+            return host, None
+        if not port.startswith(":"):
+            raise ValueError(f"{text!r} is not [host]:port")
+        return host, _port(port[1:], text)
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, _port(port, text)
+    return text, None
 
 
 def is_loopback(host: str) -> bool:
@@ -140,17 +173,37 @@ def is_loopback(host: str) -> bool:
 
 @functools.lru_cache(maxsize=256)  # asked for every request, of the same few addresses
 def is_own_address(host: str, port: int, local: tuple[str, int] | None, listen_host: str) -> bool:
-    """Whether `host:port` is the address this proxy listens on: the address the request
-    arrived on, the configured listening host, or loopback, on the listening port."""
+    """Whether `host:port` reaches this proxy: on the listening port, a loopback name, any
+    loopback or unspecified address (`0.0.0.0` and `::` reach the machine itself), the
+    address the request arrived on, or the configured listening host, in any spelling."""
     if local is None or port != local[1]:
         return False
-    own = {_compressed(local[0]), _compressed(listen_host)}
+    return is_local(host) or _compressed(host) in {_compressed(local[0]), _compressed(listen_host)}
+
+
+def names_this_host(host: str, port: int, local: tuple[str, int] | None, listen_host: str) -> bool:
+    """Whether a `Host` (or `Origin`) of `host:port` names this proxy itself: on the
+    listening port, a loopback name or address in any spelling, the address the request
+    arrived on, or the configured listening host. Never the unspecified address (`0.0.0.0`
+    names no host) nor any other name: a name may resolve here by DNS rebinding."""
+    if local is None or port != local[1]:
+        return False
     name = _compressed(host)
-    if own & _ANY:  # listening on every address: loopback and the arrival address are ours
-        return is_loopback(name) or name in own or name in _ANY
-    if name in _LOOPBACK_NAMES:
-        return any(is_loopback(h) for h in own)
-    return name in own
+    if name in _ANY:
+        return False
+    return is_loopback(name) or name in {_compressed(local[0]), _compressed(listen_host)}
+
+
+def is_local(host: str) -> bool:
+    """A loopback name, or a loopback or unspecified address in any spelling (IPv4-mapped
+    IPv6 included): an address that reaches the machine itself."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name in _LOOPBACK_NAMES or name in _ANY:
+        return True
+    ip = ip_literal(name.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip is not None and (ip.is_loopback or ip.is_unspecified)
 
 
 def url_target(url: str) -> Target:
@@ -160,8 +213,10 @@ def url_target(url: str) -> Target:
 
 @functools.lru_cache(maxsize=1024)
 def _compressed(host: str) -> str:
-    name = host.strip("[]").lower()
+    name = host.strip("[]").rstrip(".").lower()
     ip = ip_literal(name.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return ip.compressed if ip is not None else name
 
 
@@ -172,7 +227,42 @@ def _port(text: str, whole: str) -> int:
 
 
 def ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `name` spells (the `inet_aton` forms of IPv4 included), or None."""
     try:
         return ipaddress.ip_address(name)
+    except ValueError:
+        return _inet_aton(name)
+
+
+_AT_MOST = (0xFFFFFFFF, 0xFFFFFF, 0xFFFF, 0xFF)  # the last part's range, for 1 to 4 parts
+
+
+def _inet_aton(name: str) -> ipaddress.IPv4Address | None:
+    """IPv4 as `inet_aton(3)` reads it: 1 to 4 parts, each decimal, octal (a leading 0) or
+    hexadecimal (0x); the last fills the remaining bytes (`127.1`, `0x7f000001`). Stricter
+    than glibc, which ignores anything after a space."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = [_number(p) for p in parts]
+    if any(v is None for v in values):
+        return None
+    *head, last = [v for v in values if v is not None]
+    if any(v > 0xFF for v in head) or last > _AT_MOST[len(head)]:
+        return None
+    address = 0
+    for v in head:
+        address = address << 8 | v
+    return ipaddress.IPv4Address(address << 8 * (4 - len(head)) | last)
+
+
+def _number(part: str) -> int | None:
+    base, digits = 10, part
+    if part[:2] in ("0x", "0X"):
+        base, digits = 16, part[2:]
+    elif len(part) > 1 and part.startswith("0"):
+        base, digits = 8, part[1:]
+    try:
+        return int(digits, base) if digits.isalnum() and digits.isascii() else None
     except ValueError:
         return None

@@ -3,8 +3,8 @@
 A client that sends ``CONNECT api.openai.com:443`` through rrproxy gets a TLS server
 certificate for ``api.openai.com`` signed by this CA. The client accepts it once it trusts
 the CA: its certificate file (``cert_path``), or a bundle of the system's CAs plus ours
-(``bundle_with_system_cas``) for ``SSL_CERT_FILE`` / ``REQUESTS_CA_BUNDLE``, which replace
-a client's whole trust store.
+(``bundle_with_system_cas``, made in ``trust.py``) for ``SSL_CERT_FILE`` /
+``REQUESTS_CA_BUNDLE``, which replace a client's whole trust store.
 
 The CA lives in one private directory (mode 0o700) as two PEM files, created on first use
 and reused afterwards. Leaf certificates are made in memory on demand; they all share one
@@ -14,11 +14,9 @@ resulting ``ssl.SSLContext`` is cached per host.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
-import re
 import socket
 import ssl
 import tempfile
@@ -38,6 +36,9 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.core.hosts import ip_literal, normalize_host
+from proxy.errors import CertificateError
+from proxy.files import write_atomically
+from proxy.forward_proxy.trust import write_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ _CREATION_WAIT_S = 2.0
 # X.509's upper bound for a commonName (RFC 5280, ub-common-name); cryptography enforces it.
 _MAX_CN = 64
 
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
-_FALLBACK_CA_FILE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ISSUER_KEY_TYPES = (
     ec.EllipticCurvePrivateKey,
     rsa.RSAPrivateKey,
@@ -69,10 +68,6 @@ _ISSUER_KEY_TYPES = (
     ed25519.Ed25519PrivateKey,
     ed448.Ed448PrivateKey,
 )
-
-
-class CertificateError(ValueError):
-    """The CA directory holds files rrproxy cannot use (corrupt, mismatched, expired)."""
 
 
 class CertificateAuthority:
@@ -143,7 +138,7 @@ class CertificateAuthority:
             )
             f.flush()
             os.fsync(f.fileno())
-        _write_atomically(
+        write_atomically(
             cert_path, certificate.public_bytes(serialization.Encoding.PEM), _CERT_MODE
         )
         logger.info("created a new rrproxy CA; clients must trust %s", cert_path)
@@ -287,34 +282,9 @@ class CertificateAuthority:
     # -- trust bundles ---------------------------------------------------------------------
 
     def bundle_with_system_cas(self, path: Path) -> Path:
-        """Write the system's trusted CAs followed by rrproxy's CA to ``path``; return it.
-
-        For ``SSL_CERT_FILE`` / ``REQUESTS_CA_BUNDLE``, which replace a client's whole trust
-        store: with this bundle the client trusts rrproxy without distrusting everyone else.
-        Safe to regenerate when those variables already point at an older bundle.
-        """
-        path = Path(path)
-        ours = _pem_body(self._ca_pem)
-        seen = {ours}
-        blocks: list[bytes] = []
-        for source in _system_ca_files(exclude=path):
-            try:
-                data = source.read_bytes()
-            except OSError as e:
-                logger.warning("cannot read the system CA file %s: %s", source, e)
-                continue
-            for match in _PEM_CERT.finditer(data):
-                body = _pem_body(match.group())
-                if body not in seen:
-                    seen.add(body)
-                    blocks.append(match.group().replace(b"\r\n", b"\n") + b"\n")
-        if not blocks:
-            logger.warning("found no system CA certificates; %s trusts rrproxy's CA only", path)
-        blocks.append(self._ca_pem)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, b"".join(blocks), _CERT_MODE)
-        logger.info("wrote %s: %d system CAs and rrproxy's", path, len(blocks) - 1)
-        return path
+        """Write the system's trusted CAs followed by rrproxy's CA to ``path``; return it
+        (`trust.write_bundle`)."""
+        return write_bundle(path, self._ca_pem)
 
 
 def _make_ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -376,52 +346,6 @@ def _spki(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _pem_body(pem: bytes) -> bytes:
-    """A PEM block's base64 without line breaks: the same certificate compares equal."""
-    return b"".join(
-        line.strip() for line in pem.splitlines() if line.strip() and b"-----" not in line
-    )
-
-
-def _system_ca_files(*, exclude: Path) -> list[Path]:
-    """The files holding the system's trusted CAs, as OpenSSL finds them."""
-    paths = ssl.get_default_verify_paths()
-    skip = {exclude.resolve()}
-    candidates: list[Path] = []
-    if paths.cafile:
-        candidates.append(Path(paths.cafile))
-    if not _usable(candidates, skip) and paths.capath and os.path.isdir(paths.capath):
-        candidates = sorted(p for p in Path(paths.capath).iterdir() if p.suffix in (".pem", ".crt"))
-    if not _usable(candidates, skip):
-        candidates = [_FALLBACK_CA_FILE]
-    # capath holds the same certificate under several names (symlinks): read each file once.
-    unique: dict[Path, Path] = {}
-    for candidate in candidates:
-        real = candidate.resolve()
-        if real not in skip and real.is_file():
-            unique.setdefault(real, candidate)
-    return list(unique.values())
-
-
-def _usable(candidates: list[Path], skip: set[Path]) -> bool:
-    return any(c.resolve() not in skip and c.is_file() for c in candidates)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _wait_for(path: Path, timeout: float) -> None:

@@ -37,13 +37,18 @@ from aiohttp.streams import StreamReader
 
 from proxy.config import Settings
 from proxy.core.hosts import Target, parse_absolute, parse_authority
-from proxy.errors import BadRequest, ConfigError, RrproxyError, UpstreamError
-from proxy.forward_proxy.ca import CertificateAuthority, CertificateError
-from proxy.forward_proxy.policy import Action, check_listen, forward_action
+from proxy.core.printable import printable
+from proxy.errors import BadRequest, CertificateError, ConfigError, RrproxyError, UpstreamError
+from proxy.forward_proxy.ca import CertificateAuthority
+from proxy.forward_proxy.policy import (
+    TARGET,
+    Action,
+    check_listen,
+    check_loops,
+    forward_action,
+    refuse_loop,
+)
 from proxy.forward_proxy.tunnel import Tunnel
-from proxy.serve.pipeline import handle
-from proxy.serve.routing import TARGET, refuse_loop
-from proxy.serve.state import RUN, SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ KEEPALIVE_S = 75.0  # idle connections inside tunnels, as aiohttp's run_app defa
 
 class TunnelServer(web.Server):
     """aiohttp's HTTP server for decrypted CONNECT tunnels. Each request carries its
-    tunnel's target (`routing.TARGET`); each tunnel's end can be awaited."""
+    tunnel's target (`policy.TARGET`); each tunnel's end can be awaited."""
 
     def __init__(
         self,
@@ -110,9 +115,9 @@ class Interceptor:
     """Everything CONNECT needs: rrproxy's CA (loaded or created on first use), the server
     for decrypted tunnels, and the open blind tunnels."""
 
-    def __init__(self, app: web.Application, render_error: RenderError) -> None:
-        self._app = app
-        self._settings = settings = app[SETTINGS]
+    def __init__(self, settings: Settings, handler: Handler, render_error: RenderError) -> None:
+        self.settings = settings
+        self.handler = handler  # the record/replay pipeline, for every request inside
         self._render_error = render_error
         self._server = TunnelServer(
             self._handle,
@@ -128,11 +133,13 @@ class Interceptor:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         assert isinstance(request, web.Request)  # TunnelServer makes them
         try:
-            return await handle(request, self._app[SERVICES], self._app[RUN])
+            return await self.handler(request)
         except RrproxyError as exc:
             if exc.status >= 500:
-                where = request[TARGET].origin + request.path
-                log.warning("%s %s -> %d: %s", request.method, where, exc.status, exc)
+                where = printable(request[TARGET].origin + request.path)
+                log.warning(
+                    "%s %s -> %d: %s", printable(request.method), where, exc.status, printable(exc)
+                )
             return self._render_error(exc)
 
     async def ca(self) -> CertificateAuthority:
@@ -162,7 +169,7 @@ class Interceptor:
                     protocol,
                     context,
                     server_side=True,
-                    ssl_handshake_timeout=self._settings.connect_timeout,
+                    ssl_handshake_timeout=self.settings.connect_timeout,
                 )
             except OSError as exc:  # ssl.SSLError is one; start_tls has closed the connection
                 log.warning(
@@ -186,7 +193,7 @@ class Interceptor:
         """Join the client to `target` byte for byte: nothing decrypted, nothing recorded."""
         tunnel = Tunnel()
         try:
-            async with asyncio.timeout(self._settings.connect_timeout):
+            async with asyncio.timeout(self.settings.connect_timeout):
                 await tunnel.connect(target.host, target.port)
         except (OSError, TimeoutError) as exc:
             tunnel.close()
@@ -240,20 +247,21 @@ def _done() -> web.StreamResponse:
 
 
 async def _connect(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    interceptor = request.app[INTERCEPTOR]
+    settings = interceptor.settings
     try:
         target = parse_authority(request.raw_path, "https")
     except ValueError as exc:
         raise BadRequest(f"bad CONNECT target: {exc}") from None
     refuse_loop(request, settings, target, f"CONNECT {target.authority}")
-    interceptor = request.app[INTERCEPTOR]
     if forward_action(target, settings) is Action.PASSTHROUGH:
         return await interceptor.tunnel_blind(request, target)
     return await interceptor.intercept(request, target)
 
 
 async def _absolute(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
+    interceptor = request.app[INTERCEPTOR]
+    settings = interceptor.settings
     try:
         target, _ = parse_absolute(request.raw_path)
     except ValueError as exc:
@@ -264,7 +272,7 @@ async def _absolute(request: web.Request) -> web.StreamResponse:
         headers["Rrproxy-Mode"] = "passthrough"
         request = request.clone(headers=headers)
     request[TARGET] = target
-    return await handle(request, request.app[SERVICES], request.app[RUN])
+    return await interceptor.handler(request)
 
 
 @web.middleware
@@ -280,17 +288,20 @@ async def forward_proxy(request: web.Request, handler: Handler) -> web.StreamRes
 INTERCEPTOR = web.AppKey("interceptor", Interceptor)
 
 
-def setup(app: web.Application, render_error: RenderError) -> None:
+def setup(
+    app: web.Application, settings: Settings, handler: Handler, render_error: RenderError
+) -> None:
     """Make `app` a forward proxy too: the middleware (after the error middleware, which
-    renders its refusals) and the interceptor's lifetime."""
-    settings: Settings = app[SETTINGS]
+    renders its refusals) and the interceptor's lifetime. `handler` serves each request
+    (absolute form, or inside a decrypted tunnel) once its target is known."""
+    check_loops(settings)
     warning = check_listen(settings)
     if warning is not None:
         log.warning(warning)
     app.middlewares.append(forward_proxy)
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        app[INTERCEPTOR] = Interceptor(app, render_error)
+        app[INTERCEPTOR] = Interceptor(settings, handler, render_error)
         yield
 
     async def shutdown(app: web.Application) -> None:

@@ -1,24 +1,45 @@
-"""Admin endpoints under `/_rrproxy/` on the proxy's own port."""
+"""Admin endpoints under `/_rrproxy/` on the proxy's own port.
+
+They answer only requests addressed to the proxy itself, so that a web page cannot use
+them (`guard`):
+- the `Host` must name the proxy (a loopback address or `localhost`, the address the
+  request arrived on, or the configured host, with the listening port) or be in
+  `admin_hosts`: a page on a DNS-rebound name sends its own name, and is refused;
+- a state change (any method but GET and HEAD) must carry `Content-Type:
+  application/json`, which a browser sends cross-origin only after a CORS preflight that
+  rrproxy never grants, and an `Origin`, when there is one, naming the proxy likewise;
+- nothing under `/_rrproxy` is ever forwarded: an unknown path is a 404, an unknown
+  method a 405, both from rrproxy.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from proxy import __version__
-from proxy.cassettes import transfer as store_cassettes
-from proxy.config import check_cassette_name
-from proxy.errors import BadRequest, StoreError
+from proxy.cassettes.file_format import format_time
+from proxy.core.hosts import host_matches, names_this_host, parse_authority
+from proxy.core.printable import printable
+from proxy.core.records import check_cassette_name
+from proxy.errors import BadRequest, MethodNotAllowed, NotFound, NotJson, Refused, StoreError
+from proxy.serve.pipeline import read_body
 from proxy.serve.state import RUN, SERVICES, SETTINGS
+from proxy.store import queries
 
 PREFIX = "/_rrproxy"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def health(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    recorder = request.app[SERVICES].recorder
     return web.json_response(
         {
             "status": "ok",
@@ -26,6 +47,8 @@ async def health(request: web.Request) -> web.Response:
             "mode": settings.mode.value,
             "cassette": request.app[RUN].cassette,
             "upstream": settings.upstream,
+            "store": "failing" if recorder.failing else "ok",
+            "recordings_dropped": recorder.recordings_dropped,
         }
     )
 
@@ -39,7 +62,7 @@ async def cassettes(request: web.Request) -> web.Response:
             "the store has not taken the latest recordings within 5 s (locked, or full?); "
             "see rrproxy's log"
         ) from None
-    summaries = await store_cassettes.summaries(services.reader)
+    summaries = await queries.summaries(services.reader)
     return web.json_response(
         {
             "cassettes": [
@@ -49,7 +72,7 @@ async def cassettes(request: web.Request) -> web.Response:
                     "events": s.events,
                     "size": s.size,
                     "incomplete": s.incomplete,
-                    "last_recorded": s.last_recorded.isoformat() if s.last_recorded else None,
+                    "last_recorded": format_time(s.last_recorded) if s.last_recorded else None,
                 }
                 for s in summaries
             ]
@@ -79,8 +102,9 @@ async def set_cassette(request: web.Request) -> web.Response:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await read_body(request, request.app[SETTINGS].request_body_timeout)
     try:
-        body = json.loads(await request.read() or b"{}")
+        body = json.loads(raw or b"{}")
     except ValueError:
         raise BadRequest('the body must be JSON, such as {"name": "my-cassette"}') from None
     if not isinstance(body, dict):
@@ -88,8 +112,94 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get(f"{PREFIX}/health", health)
-    app.router.add_get(f"{PREFIX}/cassettes", cassettes)
-    app.router.add_post(f"{PREFIX}/reset", reset)
-    app.router.add_put(f"{PREFIX}/cassette", set_cassette)
+ENDPOINTS: dict[str, dict[str, Handler]] = {
+    "/health": {"GET": health},
+    "/cassettes": {"GET": cassettes},
+    "/reset": {"POST": reset},
+    "/cassette": {"PUT": set_cassette},
+}
+"""Each endpoint's path under `PREFIX` and its methods (GET answers HEAD too)."""
+
+_READ_ONLY = frozenset({"GET", "HEAD"})
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve `/_rrproxy/*` (to the proxy's own address only); pass everything else on."""
+    path = request.path
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return await handler(request)
+    _check_host(request)
+    methods = ENDPOINTS.get(path[len(PREFIX) :])
+    if methods is None:
+        known = ", ".join(PREFIX + p for p in ENDPOINTS)
+        raise NotFound(f"no rrproxy endpoint {printable(path)} (there are: {known})")
+    endpoint = methods.get("GET" if request.method == "HEAD" else request.method)
+    if endpoint is None:
+        allowed = (*methods, "HEAD") if "GET" in methods else tuple(methods)
+        raise MethodNotAllowed(
+            f"{path} answers {', '.join(allowed)}, not {printable(request.method)}", allowed
+        )
+    if request.method not in _READ_ONLY:
+        _check_state_change(request)
+    return await endpoint(request)
+
+
+def _check_host(request: web.Request) -> None:
+    host = request.headers.get("Host")
+    if host is None or _names_proxy(request, host, "http"):
+        return  # no browser sends a request without a Host
+    raise Refused(
+        f"refused: Host {printable(host)!r} is not rrproxy's own address; /_rrproxy/ answers "
+        f"only requests addressed to the proxy itself ({_own(request)}), so that no web page "
+        "can reach it under another name (DNS rebinding). To use another name, add it to "
+        "admin_hosts (RRPROXY_ADMIN_HOSTS)."
+    )
+
+
+def _check_state_change(request: web.Request) -> None:
+    if request.content_type != "application/json":
+        raise NotJson(
+            f"{request.method} {request.path} changes rrproxy's state: send it with "
+            "Content-Type: application/json (and a JSON body, {} when there is nothing to say), "
+            f"as curl -X {request.method} -H 'Content-Type: application/json' -d '{{}}' URL"
+        )
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    parts = urlsplit(origin)
+    if parts.scheme == "http" and not parts.path and _names_proxy(request, parts.netloc, "http"):
+        return
+    raise Refused(
+        f"refused: a state change from Origin {printable(origin)!r}, which is not rrproxy's own "
+        f"({_own(request)}); a web page may not change rrproxy's state. To use another name, "
+        "add it to admin_hosts (RRPROXY_ADMIN_HOSTS)."
+    )
+
+
+def _names_proxy(request: web.Request, authority: str, scheme: str) -> bool:
+    """Whether `authority` (a Host header, an Origin's host and port) names this proxy."""
+    try:
+        target = parse_authority(authority, scheme)
+    except ValueError:
+        return False
+    settings = request.app[SETTINGS]
+    if host_matches(target.host, settings.admin_hosts, target.port):
+        return True
+    return names_this_host(target.host, target.port, _local(request), settings.host)
+
+
+def _local(request: web.Request) -> tuple[str, int] | None:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+
+
+def _own(request: web.Request) -> str:
+    local = _local(request)
+    return f"such as 127.0.0.1:{local[1]} or localhost:{local[1]}" if local else "its address"
+
+
+def setup(app: web.Application) -> None:
+    """Serve the admin endpoints: a middleware after the forward proxy's, which takes the
+    absolute-form requests (those go elsewhere, whatever their path)."""
+    app.middlewares.append(guard)

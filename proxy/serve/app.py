@@ -15,22 +15,24 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
-from proxy.cassettes.directory import cassette_dir_ctx
+from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
-from proxy.errors import RrproxyError
+from proxy.core.printable import printable
+from proxy.errors import RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
 from proxy.serve import admin
 from proxy.serve.index import Index
 from proxy.serve.pipeline import handle
 from proxy.serve.recorder import Recorder
-from proxy.serve.relay import client_session, upstream_ssl_context
 from proxy.serve.replay import Bodies
 from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
-from proxy.store import migrate, queries
-from proxy.store.engine import create_engine
+from proxy.serve.upstream import client_session, upstream_ssl_context
+from proxy.store import maintenance
+from proxy.store.engine import open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +40,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(exc: RrproxyError) -> web.Response:
-    return web.Response(
+    response = web.Response(
         status=exc.status,
         text=json.dumps(exc.body()),
         content_type="application/json",
         headers=exc.headers,
     )
+    if exc.headers.get("Connection") == "close":
+        response.force_close()
+    return response
 
 
 @web.middleware
@@ -52,18 +57,26 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except RrproxyError as exc:
         if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return error_response(exc)
+            log.warning(
+                "%s %s -> %d: %s",
+                *(printable(request.method), printable(request.path), exc.status, printable(exc)),
+            )
+        response = error_response(exc)
+        if isinstance(exc, RequestTimeout):  # the body's rest is not waited for
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()  # after the answer, which is written already
+        return response
 
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
-    writer = create_engine(settings.db_url, writer=True)
-    reader = create_engine(settings.db_url)
-    try:
-        await migrate.upgrade(writer)
-        repaired = await queries.mark_unfinished(writer)
+    async with (
+        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(settings.db_url, writer=False) as reader,
+    ):
+        repaired = await maintenance.mark_unfinished(writer)
         if repaired:
             log.warning(
                 "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
@@ -74,7 +87,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
         app[SERVICES] = Services(
             settings=settings,
-            index=Index(reader, settings.effective_rules),
+            index=Index(reader, settings.effective_rules, settings.redact),
             recorder=recorder,
             reader=reader,
             upstream=upstream,
@@ -87,13 +100,32 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             await upstream.close()
             await recorder.close()
             await writer_task
-    finally:
-        await reader.dispose()
-        await writer.dispose()
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    return await handle(request, request.app[SERVICES], request.app[RUN])
+async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's cleanup context for `cassette_dir`: load at start; on the way out, wait for
+    the recorder's last commits and write their files. Runs after the store's context."""
+    settings = app[SETTINGS]
+    if settings.cassette_dir is None:
+        yield
+        return
+    services = app[SERVICES]
+    async with open_store(settings.db_url, writer=True) as writer:
+        sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
+        await sync.load()
+        services.recorder.listeners.append(sync.recorded)
+        task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
+        try:
+            yield
+        finally:
+            # The server has let running streams finish (or cancelled them) by now; this
+            # context closes before the store's, so that their files are written too.
+            try:
+                await asyncio.wait_for(services.recorder.flush(), settings.shutdown_timeout)
+            except TimeoutError:
+                log.error("the store did not take the last recordings; their files are not written")
+            await sync.close()
+            await task
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -104,7 +136,13 @@ def create_app(settings: Settings) -> web.Application:
     app[RUN] = RunState(cassette=settings.cassette)
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(cassette_dir_ctx)  # after the store: loads files, writes them
-    connect.setup(app, error_response)  # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT
-    admin.add_routes(app)
+
+    async def proxy_handler(request: web.Request) -> web.StreamResponse:
+        # The app's own state, not `request.app`: requests inside CONNECT tunnels have none.
+        return await handle(request, app[SERVICES], app[RUN])
+
+    # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline
+    connect.setup(app, settings, proxy_handler, error_response)
+    admin.setup(app)  # /_rrproxy/*, never forwarded: after the forward proxy's middleware
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app

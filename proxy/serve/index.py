@@ -1,41 +1,40 @@
-"""Which recording answers which request: a cassette's interactions by match key, and the
-per-run counters that give the n-th identical request the n-th recording.
+"""Which recording answers which request (`Index.resolve`: the replay policy in one place):
+a cassette's interactions by match key, the per-run counters that give the n-th identical
+request the n-th recording, and, when none answers, why.
 
-Each cassette's heads are loaded once per run and kept in memory; recordings made by this
-process join as they start. A miss reloads the cassette once (another proxy sharing the
-store may have recorded it) before it is declared.
+Each cassette's interactions are loaded once per run and kept in memory without their
+request bodies (see `entry`): the bodies are read from the store a page at a time while
+their keys are computed, off the event loop, and a row seen before is not read again.
+Recordings made by this process join as they start, with their request body until the
+store has it. A replay miss reloads the cassette once (another proxy sharing the store may
+have recorded it) before it is declared, and names the closest recording (see `nearest`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.cassettes import transfer as cassettes
-from proxy.core.matching import MatchRules, closest, key_inputs, match_key
-from proxy.core.records import Outcome, Request, ResponseHead
+from proxy.core.matching import MatchRules, input_digest, match_key
+from proxy.core.records import Outcome, Request
+from proxy.core.redact import Redactor
+from proxy.serve.entry import Computed, Entry, Row, compute_all, entry_of, row_of
+from proxy.serve.nearest import Closest
 from proxy.store import queries
 
+log = logging.getLogger(__name__)
 
-@dataclass(eq=False)
-class Entry:
-    """One recorded interaction as replay sees it."""
-
-    request: Request
-    key: str | None  # None until needed (record mode does not match)
-    head: ResponseHead
-    outcome: Outcome
-    interaction_id: int | None = None
-    body_size: int = 0
-    ttfb_ms: float = 0.0
-    committed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def available(self) -> bool:
-        return self.outcome.replayable
+COMMIT_WAIT_S = 10.0
+"""How long a replay waits for a recording of this run to reach the store."""
+_PAGE = 64
+"""Request bodies read (and keyed) at a time when a cassette loads."""
 
 
 @dataclass
@@ -44,6 +43,7 @@ class _Cassette:
     by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
+    computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
@@ -53,37 +53,47 @@ class _Cassette:
 
 @dataclass(frozen=True)
 class Miss:
-    """Why no recording answers: the message names the cassette and the closest difference."""
+    """No recording answers this request. Replay mode answers `message` (it names the
+    cassette and, when there is one, the closest recording and how it differs); auto mode
+    records the request under `key`."""
 
+    key: str
     message: str
+    log: str = "missed"  # what the log line says
 
 
+_QUERY_DIFFERENCE = re.compile(r'query param ("(?:[^"\\]|\\.)*"): ')
 _PRUNE_AT_LEAST = 256
 """Entries of a cassette not loaded yet, before the committed ones are pruned."""
 
 
 class Index:
-    def __init__(self, engine: AsyncEngine, rules: MatchRules):
+    def __init__(self, engine: AsyncEngine, rules: MatchRules, redactor: Redactor | None = None):
         self._engine = engine
         self.rules = rules
+        self._redactor = redactor or Redactor()  # what a miss message may not quote
         self._cassettes: dict[str, _Cassette] = {}
         self._loading: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Recordings (record mode) of cassettes not loaded yet: they join when one loads.
         # Those committed meanwhile are in the store: they are pruned as the list doubles.
         self._not_loaded: dict[str, list[Entry]] = defaultdict(list)
         self._prune_at: dict[str, int] = {}
-        # The keys of the recordings held, by what the key is computed from (`key_inputs`).
-        self._keys: dict[tuple[object, ...], str] = {}
+        # The keys of the recordings held, by the digest of what the key is computed from.
+        self._keys: dict[bytes, str] = {}
+        self._closest = Closest(engine, rules)
 
     def key(self, request: Request) -> str:
-        known = self._keys.get(key_inputs(request, self.rules))
+        known = self._keys.get(input_digest(request, self.rules))
         return known if known is not None else match_key(request, self.rules)
 
     def _keyed(self, entry: Entry) -> Entry:
-        inputs = key_inputs(entry.request, self.rules)
+        """A recording that starts (its body is at hand), with its key."""
+        assert entry.body is not None
+        request = entry.request(entry.body)
+        digest = input_digest(request, self.rules)
         if entry.key is None:
-            entry.key = self._keys.get(inputs) or match_key(entry.request, self.rules)
-        self._keys[inputs] = entry.key
+            entry.key = self._keys.get(digest) or match_key(request, self.rules)
+        self._keys[digest] = entry.key
         return entry
 
     def reset(self) -> None:
@@ -109,39 +119,126 @@ class Index:
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
         their rows: a recording that just ended) taking precedence."""
-        rows = await queries.interactions(self._engine, name)
+        stamps = await queries.interaction_stamps(self._engine, name)
         # This process's entries, taken after the read: one whose recording is still being
         # written has no id yet (its row, if read, says "recording" and is left out).
         own = [*(previous.entries if previous else ()), *self._not_loaded.pop(name, ())]
         self._prune_at.pop(name, None)
         mine = {e.interaction_id: e for e in own if e.interaction_id is not None}
-        in_flight = [e for e in own if e.interaction_id is None]
+        in_flight = [e for e in own if e.interaction_id is None and e.body is not None]
+        # Only the interactions not held yet are read (a reload reads the new ones).
+        new = [s.id for s in stamps if s.id not in mine and s.outcome is not Outcome.RECORDING]
+        heads = {h.id: h for h in await queries.interaction_heads(self._engine, name, new)}
+        known = previous.computed if previous else {}
+        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
         merged: list[Entry] = []
-        for stored in rows:
-            entry = mine.pop(stored.id, None)
+        for stamp in stamps:
+            entry = mine.pop(stamp.id, None)
             if entry is None:
-                if stored.outcome is Outcome.RECORDING:
-                    continue  # not replayable (yet); this process's own are in `in_flight`
-                entry = Entry(
-                    stored.request,
-                    self.key(stored.request),
-                    stored.head,
-                    stored.outcome,
-                    stored.id,
-                    stored.body_size,
-                    stored.ttfb_ms,
-                )
-                entry.committed.set()
-            if entry.outcome is not Outcome.INCOMPLETE:  # never replayed; auto records again
-                merged.append(entry)
+                if (head := heads.get(stamp.id)) is None:
+                    continue  # recording (this process's own are in `in_flight`), or deleted
+                entry = entry_of(head)
+            if entry.outcome is Outcome.INCOMPLETE:
+                continue  # never replayed; auto records again
+            entry.row = row_of(entry, stamp.started_at)
+            merged.append(entry)
+            if (done := known.get(entry.row)) is not None:
+                self._computed(fresh, entry, done)
         merged.extend(mine.values())
         merged.extend(in_flight)  # still recording, not yet (all) in the store
-        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
+        await self._compute(fresh, [e for e in merged if e.key is None or e.sketch is None])
         for entry in merged:
-            fresh.add(self._keyed(entry))
+            if entry.key is not None:  # else its request is gone from the store
+                fresh.add(entry)
         return fresh
 
-    async def next_unused(self, cassette: str, key: str) -> Entry | None:
+    async def _compute(self, fresh: _Cassette, entries: Sequence[Entry]) -> None:
+        """Key and sketch the entries, a page at a time, off the event loop. (A page's
+        bodies are read before it is computed, not during: a thread that holds the GIL
+        would slow each of the many small steps of a read down to the switch interval.)"""
+        for at in range(0, len(entries), _PAGE):
+            page = entries[at : at + _PAGE]
+            requests = await self._requests(page)
+            done = await asyncio.to_thread(compute_all, requests, self.rules)
+            for entry, computed in zip(page, done, strict=True):
+                if computed is not None:
+                    self._computed(fresh, entry, computed)
+
+    async def _requests(self, entries: Sequence[Entry]) -> list[Request | None]:
+        """Each entry's request with its body (None for one gone from the store)."""
+        ids = [i for e in entries if e.body is None and (i := e.interaction_id) is not None]
+        bodies = await queries.request_bodies(self._engine, ids) if ids else {}
+        requests: list[Request | None] = []
+        for e in entries:
+            body = e.body
+            if body is None and e.interaction_id is not None:
+                body = bodies.get(e.interaction_id)
+            requests.append(None if body is None else e.request(body))
+        return requests
+
+    def _computed(self, fresh: _Cassette, entry: Entry, computed: Computed) -> None:
+        key, digest, entry.sketch = computed
+        if entry.key is None:
+            entry.key = key
+        self._keys[digest] = key
+        if entry.row is not None:
+            fresh.computed[entry.row] = computed
+
+    async def resolve(
+        self,
+        cassette: str,
+        request: Request,
+        *,
+        replay: bool,
+        strict: bool,
+        hurry: Callable[[], None],
+    ) -> Entry | Miss:
+        """The recording that answers `request` (redacted) in this run, or why none does.
+
+        Auto mode (`replay` false): the next unused recording of this key, else a miss (the
+        request is recorded). Replay mode: the n-th recording for the n-th request, then the
+        last one again (a miss when `strict`). A recording of this very run that is not yet
+        in the store is waited for (`hurry` asks the recorder to write it now).
+        """
+        key = self.key(request)
+        if replay:
+            found = await self._for_replay(cassette, key, request, strict=strict)
+        else:
+            found = await self._next_unused(cassette, key) or Miss(
+                key, f"no unused recording in cassette {cassette!r}"
+            )
+        if isinstance(found, Miss):
+            return found
+        return await self._ready(cassette, key, request, found, hurry)
+
+    async def _ready(
+        self, cassette: str, key: str, request: Request, entry: Entry, hurry: Callable[[], None]
+    ) -> Entry | Miss:
+        """`entry` once it is in the store. A recording of this run is replayable once its
+        last batch is written, unless its events had to be dropped meanwhile (the store was
+        failing)."""
+        where = f"{request.method} {request.url} in cassette {cassette!r}"
+        if not entry.committed.is_set():
+            hurry()
+            try:
+                await asyncio.wait_for(entry.committed.wait(), COMMIT_WAIT_S)
+            except TimeoutError:
+                return Miss(
+                    key,
+                    f"the recording of {where} is still being written to the store, which is "
+                    "slow or failing (see rrproxy's log); try again",
+                    "missed (recording not in the store yet)",
+                )
+        if not entry.available:
+            return Miss(
+                key,
+                f"the recording of {where} is incomplete: its events could not all be "
+                "written to the store. Record it again.",
+                "missed (recording incomplete)",
+            )
+        return entry
+
+    async def _next_unused(self, cassette: str, key: str) -> Entry | None:
         """Auto mode: the next recording for this key in this run, if one is left."""
         c = await self._cassette(cassette)
         candidates = c.by_key.get(key, [])
@@ -151,11 +248,11 @@ class Index:
             return candidates[n]
         return None
 
-    async def for_replay(
+    async def _for_replay(
         self, cassette: str, key: str, request: Request, *, strict: bool
     ) -> Entry | Miss:
         """Replay mode: the n-th recording for the n-th request, then the last one again
-        (or a miss when `strict`)."""
+        (or a miss when `strict`). Before a miss, the cassette is read again."""
         for reload in (False, True):
             c = await self._cassette(cassette, reload=reload)
             candidates = [e for e in c.by_key.get(key, []) if e.available]
@@ -167,39 +264,54 @@ class Index:
                 return candidates[-1]
             if candidates:
                 return Miss(
+                    key,
                     f"cassette {cassette!r} has {len(candidates)} recording(s) of this request "
                     f"and all were used in this run (strict replay); record it again, or "
-                    f"POST /_rrproxy/reset to start a new run"
+                    f"POST /_rrproxy/reset to start a new run",
                 )
-        return await self._miss(cassette, request, c)
+        return await self._miss(cassette, key, request, c)
 
-    async def _miss(self, cassette: str, request: Request, c: _Cassette) -> Miss:
-        where = f"{request.method} {request.url}"
+    async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
         recorded = [e for e in c.entries if e.available]
-        found = closest(request, [e.request for e in recorded], self.rules)
+        log.debug("miss in cassette %r: the closest of %d recordings?", cassette, len(recorded))
+        found = await self._closest.find(request, recorded)
         if found is None:
-            summaries = {s.name: s for s in await cassettes.summaries(self._engine)}
-            there = summaries.get(cassette)
-            if there is None:
-                names = ", ".join(sorted(summaries)) or "none yet"
-                why = f"there is no cassette named {cassette!r} in the store (cassettes: {names})"
-            elif there.incomplete:
-                why = (
-                    f"cassette {cassette!r} holds only incomplete recordings "
-                    f"({there.incomplete}), which are never replayed"
-                )
-            else:
-                why = f"cassette {cassette!r} is empty"
-            return Miss(
-                f"no recording for {where}: {why}. Record it first (mode record or auto), "
-                "or choose another cassette."
-            )
-        i, diffs = found
-        near = recorded[i].request
+            where = f"{request.method} {self._redactor.redact_url(request.url)}"
+            return Miss(key, f"no recording for {where}: {await self._why_none(cassette)}")
+        near, diffs = found
+        # The message quotes the client's request and the closest recording as stored, and
+        # no value of a credential-like query parameter: a recording made under older or
+        # narrower redaction rules may still hold one.
+        shown = self._redactor.redact_url
         return Miss(
-            f"no recording in cassette {cassette!r} for {where}. The closest recorded request "
-            f"({near.method} {near.url}) differs: " + "; ".join(diffs)
+            key,
+            f"no recording in cassette {cassette!r} for {request.method} {shown(request.url)}. "
+            f"The closest recorded request ({near.method} {shown(near.url)}) differs: "
+            + "; ".join(self._unquoted(d) for d in diffs),
         )
+
+    def _unquoted(self, difference: str) -> str:
+        """A difference as a miss message may say it: the values of a credential-like
+        query parameter are not shown."""
+        match = _QUERY_DIFFERENCE.match(difference)
+        if match is None or not self._redactor.redacts_param(json.loads(match[1])):
+            return difference
+        return f"query param {match[1]}: the values differ (a credential: not shown)"
+
+    async def _why_none(self, cassette: str) -> str:
+        summaries = {s.name: s for s in await queries.summaries(self._engine)}
+        there = summaries.get(cassette)
+        if there is None:
+            names = ", ".join(sorted(summaries)) or "none yet"
+            why = f"there is no cassette named {cassette!r} in the store (cassettes: {names})"
+        elif there.incomplete:
+            why = (
+                f"cassette {cassette!r} holds only incomplete recordings "
+                f"({there.incomplete}), which are never replayed"
+            )
+        else:
+            why = f"cassette {cassette!r} is empty"
+        return f"{why}. Record it first (mode record or auto), or choose another cassette."
 
     def add(self, cassette: str, entry: Entry, *, use: bool) -> None:
         """A recording starts: it becomes this key's next recording (and counts as used by

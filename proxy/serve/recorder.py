@@ -2,8 +2,9 @@
 
 Relaying never waits on the database. `begin`, `events` and `end` only append to in-memory
 lists; one task (`run`) owns every write, taking whatever has piled up and writing it in
-one transaction with a few statements (datasette's write thread, as an asyncio task; the
-statements are `proxy.store.writes`).
+one transaction with a few statements (datasette's write thread, as an asyncio task; on
+SQLite the batch goes to a thread of its own, `proxy.store.batch_writer`; the statements
+are `proxy.store.writes`).
 It lets writes gather for up to `linger_s` (50 ms) before a batch: a transaction costs far
 more than a row, so batches stay few under any load, and a killed process loses only the
 last tens of milliseconds. It writes at once when someone waits for the store (`flush`, a
@@ -11,11 +12,17 @@ replay of a recording still being written: `hurry`) or a batch reaches `batch_by
 When it has nothing to write it checkpoints SQLite's WAL, which SQLite would otherwise do
 inside a commit, in the middle of a stream.
 
-Memory stays bounded. Should a healthy store fall behind a very fast stream by more than
-`high_water` bytes, `room()` holds the relay until the writer has taken the backlog (real
-LLM streams never get there). If the store fails (locked, disk full), streams are never
-held: the writer retries with backoff, and past `max_pending_bytes` the queued events are
-dropped and their interactions marked incomplete, with the reason, once the store answers.
+Memory stays bounded, and back-pressure falls on the recording that produces the bytes.
+Queued bytes are counted per recording: a relay whose recording has more than `high_water`
+bytes waiting (or all of them together more than `max_pending_bytes`) waits (`room`) until
+the writer has taken them, so a store that is slow or locked by another process slows the
+stream that outruns it while small streams go on. A store that refuses writes (full,
+read-only) holds no stream: the writer retries with backoff, and past `max_pending_bytes`
+the recordings with the most bytes waiting are dropped, largest first, and marked
+incomplete once the store answers. A batch the store can never take (an integrity error: a
+cassette deleted while it was recorded, a name that is not text) is never retried: it is
+written recording by recording, and the recordings refused are dropped. Every recording
+dropped is logged with its cassette and request and counted (`recordings_dropped`).
 """
 
 from __future__ import annotations
@@ -23,67 +30,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
-import threading
+import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count, repeat
 
-from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.records import Outcome, Request, ResponseHead
-from proxy.store.engine import checkpoint, create_writer_thread_engine, is_sqlite
-from proxy.store.writes import CoreStatements, SqliteStatements, write_batch
+from proxy.core.records import Outcome, Recording, Request, ResponseHead
+from proxy.store.batch_writer import BatchWriter
+from proxy.store.writes import Batch, busy, refused
 
 log = logging.getLogger(__name__)
 
 _BACKOFF_MAX_S = 2.0
 _GIVE_UP_AT_CLOSE_S = 5.0
-_MAX_HOLD_S = 0.5
+MAX_HOLD_S = 60.0
+"""A relay held this long without the store taking anything of its recording goes on
+without it: the recording is dropped."""
 _CHECKPOINT_BYTES = 4 * 2**20
-
-
-@dataclass(eq=False)
-class Recording:
-    """One interaction being recorded. Owned by the relay; the writer fills in `interaction_id`."""
-
-    cassette: str
-    request: Request
-    head: ResponseHead
-    started_at: datetime
-    ttfb_ms: float
-    on_committed: Callable[[Recording], None] | None = None
-    events: int = 0
-    size: int = 0
-    outcome: Outcome = Outcome.RECORDING
-    error: str | None = None
-    duration_ms: float | None = None
-    interaction_id: int | None = None
-    dropped: bool = False
-
-
-_EventRow = tuple[Recording, int, float, bytes]
-
-
-@dataclass
-class Batch:
-    begins: list[Recording] = field(default_factory=list)
-    events: list[_EventRow] = field(default_factory=list)
-    ends: list[Recording] = field(default_factory=list)
-    size: int = 0  # bytes of event data
-
-    def __len__(self) -> int:
-        return len(self.begins) + len(self.events) + len(self.ends)
-
-    def extend(self, later: Batch) -> None:
-        self.begins += later.begins
-        self.events += later.events
-        self.ends += later.ends
-        self.size += later.size
 
 
 class Recorder:
@@ -97,32 +63,26 @@ class Recorder:
         *,
         high_water: int = 4 * 2**20,
         max_pending_bytes: int = 64 * 2**20,
+        max_hold_s: float = MAX_HOLD_S,
         linger_s: float = 0.05,
         batch_bytes: int = 2**20,
     ):
         self.linger_s = linger_s
         self.batch_bytes = batch_bytes
-        self._engine = engine
-        # SQLite: writes run in a thread of their own on a synchronous twin of the engine
-        # (datasette's write thread): one hop per batch, not one per statement.
-        self._thread: ThreadPoolExecutor | None = None
-        self._thread_engine: Engine | None = None
-        if is_sqlite(engine.url.render_as_string(hide_password=False)):
-            self._thread = ThreadPoolExecutor(
-                1, thread_name_prefix="rrproxy-writer", initializer=_give_way
-            )
-            self._thread_engine = create_writer_thread_engine(
-                engine.url.render_as_string(hide_password=False)
-            )
+        self._db = BatchWriter(engine)  # on SQLite, a thread of its own
         self._high_water = high_water
         self._max_pending = max_pending_bytes
+        self._max_hold_s = max_hold_s
         self._pending = Batch()
+        self._writing: dict[Recording, int] = {}  # bytes by recording of the batch in hand
         self._wakeup = asyncio.Event()  # something to write
         self._hurry = asyncio.Event()  # ... and someone waiting for it, or a batch's worth
         self._closing = False
         self._cassette_ids: dict[str, int] = {}
-        self._failing_since: float | None = None
-        self._stalled = False  # a write has taken longer than _MAX_HOLD_S
+        self._failing_since: float | None = None  # writes failing since (loop time)
+        self._refusing = False  # ... and not because the store is busy: streams are not held
+        self.recordings_dropped = 0
+        """Recordings whose events could not all be kept, since the start."""
         self._unchecked = 0  # bytes written since the last checkpoint
         self._pushed = 0  # items ever queued
         self._written = 0  # items ever committed (or dropped)
@@ -157,10 +117,11 @@ class Recorder:
             else:
                 pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
             pending.size += size
+            pending.sizes[rec] = pending.sizes.get(rec, 0) + size
             self._queued(len(events))
             if pending.size > self.batch_bytes:
                 self._hurry.set()
-            if pending.size > self._max_pending:
+            if pending.size > self._max_pending and self._refusing:
                 self._shed()
 
     def end(
@@ -175,70 +136,95 @@ class Recorder:
         self._wakeup.set()
 
     @property
-    def backlogged(self) -> bool:
-        """A healthy store is behind by more than `high_water`: the relay should wait."""
+    def failing(self) -> bool:
+        """The store's last write failed (locked past its busy timeout, full...)."""
+        return self._failing_since is not None
+
+    def behind(self, rec: Recording) -> bool:
+        """The store is behind `rec`: more than `high_water` of its bytes wait to be taken,
+        or twice that with those being written (a write that failed comes back), or all
+        recordings together have more than `max_pending_bytes` waiting. Its relay should
+        wait (`room`). A store that refuses writes holds nobody."""
+        pending = self._pending
+        queued = pending.sizes.get(rec, 0)
         return (
-            self._pending.size > self._high_water
-            and self._failing_since is None
-            and not self._stalled
+            queued > self._high_water
+            or queued + self._writing.get(rec, 0) > 2 * self._high_water
+            or pending.size > self._max_pending
+        ) and not (self._refusing or rec.dropped)
+
+    def _caught_up(self, rec: Recording) -> bool:
+        pending = self._pending
+        queued = pending.sizes.get(rec, 0)
+        return (
+            queued <= self._high_water // 4
+            and queued + self._writing.get(rec, 0) <= 2 * self._high_water
+            and pending.size <= self._max_pending
         )
 
-    async def room(self) -> None:
-        """Wait until the writer has taken the backlog. A store that is failing, or whose
-        current write has not returned within `_MAX_HOLD_S` (locked, say: the driver waits
-        out its busy timeout before it fails), never holds a stream: until a write
-        succeeds, events queue (up to `max_pending_bytes`) instead."""
+    async def room(self, rec: Recording) -> None:
+        """Wait until the writer has taken the backlog of `rec` (a slow or locked store
+        slows the stream that outruns it; the next batch fills while one is written).
+        Should it take nothing for `max_hold_s`, or start refusing writes, the stream goes
+        on: in the first case without its recording, which is dropped."""
         try:
-            async with self._progress, asyncio.timeout(_MAX_HOLD_S):
+            async with self._progress, asyncio.timeout(self._max_hold_s):
                 await self._progress.wait_for(
-                    lambda: (
-                        self._pending.size <= self._high_water // 4
-                        or self._failing_since is not None
-                        or self._stalled
-                        or self._closing
-                    )
+                    lambda: self._caught_up(rec) or self._refusing or rec.dropped or self._closing
                 )
         except TimeoutError:
-            if not self._stalled:
-                self._stalled = True
-                log.warning("the store is slow to write; streams are no longer held for it")
+            self._drop({rec}, f"the store took nothing of it for {self._max_hold_s:.0f} s")
 
     def _shed(self) -> None:
-        """The store is failing and the backlog is too large: drop the queued events rather
-        than grow without bound. Their recordings end as incomplete, saying why."""
-        victims = {row[0] for row in self._pending.events}
-        for rec in victims:
-            rec.dropped = True
-        self._written += len(self._pending.events)
-        self._pending.events, self._pending.size = [], 0
+        """The store refuses writes and the backlog is too large: drop the events of the
+        recordings with the most waiting, largest first, until it is half the bound,
+        rather than grow without bound. Those recordings end as incomplete, saying why."""
+        sizes = self._pending.sizes
+        victims: set[Recording] = set()
+        left = self._pending.size
+        for rec in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if left <= self._max_pending // 2:
+                break
+            victims.add(rec)
+            left -= sizes[rec]
+        reason = f"the store refuses writes and {self._max_pending // 2**20} MiB are waiting"
+        self._drop(victims, reason)
+
+    def _drop(self, recs: set[Recording], reason: str) -> None:
+        """Drop the events of `recs`, queued and to come: their interactions are written
+        as incomplete (their begins and ends still are)."""
+        self._written += self._pending.drop_events(recs)
+        for rec in recs:
+            self._dropped(rec, reason, "it will be stored as incomplete")
+
+    def _dropped(self, rec: Recording, reason: str, then: str) -> None:
+        rec.dropped = True
+        self.recordings_dropped += 1
+        request = rec.request
+        where = request.url.split("?", 1)[0]  # no query: it may hold secrets
+        interaction = f" (interaction {rec.interaction_id})" if rec.interaction_id else ""
         log.error(
-            "the store is not keeping up (more than %d MB waiting): dropped the events of %d "
-            "recording(s); they will be marked incomplete",
-            self._max_pending // 2**20,
-            len(victims),
+            "dropped the recording of %s %s into cassette %r%s: %s; %s",
+            request.method,
+            where,
+            rec.cassette,
+            interaction,
+            reason,
+            then,
         )
 
     # -- the writer task --------------------------------------------------------------------
 
     async def warm_up(self) -> None:
-        """Before serving: start the writer thread and have it write a recording, rolled
-        back, so that its connection is open and its statements are compiled before the
-        first batch, which would otherwise pay for them (milliseconds of CPU) in the middle
-        of the first streams."""
-        if self._thread is None or self._thread_engine is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._thread, _rehearse, self._thread_engine)
-        except Exception as exc:  # the first batch will pay, that is all
-            log.debug("the writer's warm-up failed: %s", getattr(exc, "orig", None) or exc)
+        """Before serving: the writer's connection opened, its statements compiled."""
+        await self._db.warm_up()
 
     async def run(self) -> None:
         """The writer task: until `close()`, then everything pending is written."""
         try:
             await self._run()
         finally:
-            await self._release_thread()
+            await self._db.close()
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -255,29 +241,21 @@ class Recorder:
             if not self._closing:
                 await self._linger()
             batch, self._pending = self._pending, Batch()
+            self._writing = batch.sizes
             async with self._progress:
                 self._progress.notify_all()  # room() waiters: the backlog was taken
-            try:
-                await self._write(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            unwritten, error = await self._take(batch)
+            self._writing = {}
+            async with self._progress:
+                self._written += len(batch) - len(unwritten)
+                self._progress.notify_all()
+            if error is not None:
                 self._cassette_ids.clear()  # a cassette may have been deleted under us
-                batch.extend(self._pending)
-                self._pending = batch
-                if self._failing_since is None:
-                    self._failing_since = asyncio.get_running_loop().time()
-                    # the driver's error, not SQLAlchemy's wrapper: that one quotes the
-                    # statement with its parameters (recorded bodies) in the log line
-                    cause = getattr(exc, "orig", None) or exc
-                    log.error(
-                        "cannot write to the store (%s: %s); streams continue, recording is "
-                        "retried",
-                        type(cause).__name__,
-                        cause,
-                    )
-                    async with self._progress:
-                        self._progress.notify_all()
+                unwritten.extend(self._pending)  # room() sees its bytes waiting again
+                self._pending = unwritten
+                await self._failed(error)
+                if self._pending.size > self._max_pending and self._refusing:
+                    self._shed()
                 if self._closing and self._give_up():
                     return
                 await asyncio.sleep(backoff)
@@ -285,14 +263,78 @@ class Recorder:
                 continue
             backoff = 0.05
             self._unchecked += batch.size
-            async with self._progress:
-                self._written += len(batch)
-                self._progress.notify_all()
-            self._stalled = False
+            del batch, unwritten  # they hold request bodies: not kept while the writer waits
             if self._failing_since is not None:
                 log.warning("the store is writable again; recording resumed")
-                self._failing_since = None
+                self._failing_since, self._refusing = None, False
+
+    async def _take(self, batch: Batch) -> tuple[Batch, Exception | None]:
+        """Write the batch. One the store can never take (`refused`) is written recording
+        by recording, and the recordings refused are dropped: one bad recording never
+        holds up the others. Returns what is left to write (retried later) and why."""
+        try:
+            await self._write(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not refused(exc):
+                return batch, exc
+        else:
             self._committed(batch)
+            return Batch(), None
+        self._cassette_ids.clear()  # the refusal may come from one deleted under us
+        parts = batch.apart()
+        for i, part in enumerate(parts):
+            try:
+                await self._write(part)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not refused(exc):
+                    left = Batch()
+                    for rest in parts[i:]:
+                        left.extend(rest)
+                    return left, exc
+                self._refuse(part, exc)
+            else:
+                self._committed(part)
+        return Batch(), None
+
+    def _refuse(self, part: Batch, exc: Exception) -> None:
+        """The store refuses this recording's rows: drop it (its queued events too), and
+        end it for those waiting on it. Its interaction, if it was written, is marked
+        incomplete."""
+        [rec] = {*part.begins, *part.sizes, *part.ends}
+        cause = getattr(exc, "orig", None) or exc
+        integrity = isinstance(cause, sqlite3.IntegrityError) or isinstance(
+            exc, sa_exc.IntegrityError
+        )
+        hint = " (was its cassette deleted?)" if integrity else ""
+        if not rec.dropped:
+            reason = f"the store refuses it ({type(cause).__name__}: {cause}){hint}"
+            self._dropped(rec, reason, "its later events are not recorded")
+        self._written += self._pending.drop_events({rec})
+        if rec in part.ends:
+            if rec.interaction_id is not None and rec not in part.begins:
+                self._pending.ends.append(rec)  # mark it incomplete, if it is still there
+                self._queued()
+            else:
+                self._committed(Batch(ends=[rec]))
+
+    async def _failed(self, exc: Exception) -> None:
+        self._refusing = not busy(exc)
+        if self._failing_since is None:
+            self._failing_since = asyncio.get_running_loop().time()
+            # the driver's error, not SQLAlchemy's wrapper: that one quotes the
+            # statement with its parameters (recorded bodies) in the log line
+            cause = getattr(exc, "orig", None) or exc
+            log.error(
+                "cannot write to the store (%s: %s); streams continue, recording is retried",
+                type(cause).__name__,
+                cause,
+            )
+        async with self._progress:
+            self._progress.notify_all()
 
     async def _linger(self) -> None:
         """Before a batch: let the relays run first (the first bytes of a stream go to the
@@ -309,13 +351,7 @@ class Recorder:
         """Idle, with a long WAL behind us: move it into the database file now, between
         streams (SQLite's own checkpoints, inside a commit, are pushed far out)."""
         self._unchecked = 0
-        if self._thread is None or self._thread_engine is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._thread, checkpoint, self._thread_engine)
-        except Exception as exc:  # the next idle moment, or SQLite's own, will do it
-            log.debug("checkpoint failed: %s", getattr(exc, "orig", None) or exc)
+        await self._db.checkpoint()
 
     def _give_up(self) -> bool:
         assert self._failing_since is not None
@@ -349,26 +385,10 @@ class Recorder:
             self._progress.notify_all()
 
     async def _write(self, batch: Batch) -> None:
-        known = dict(self._cassette_ids)
-        if self._thread is not None:
-            assert self._thread_engine is not None
-            cassettes, new_ids = await asyncio.get_running_loop().run_in_executor(
-                self._thread, _write_in_thread, self._thread_engine, batch, known
-            )
-        else:
-            async with self._engine.begin() as conn:
-                cassettes, new_ids = await conn.run_sync(
-                    lambda sync: write_batch(CoreStatements(sync), batch, known)
-                )
+        cassettes, new_ids = await self._db.write(batch, dict(self._cassette_ids))
         self._cassette_ids.update(cassettes)
         for rec, interaction_id in new_ids.items():
             rec.interaction_id = interaction_id
-
-    async def _release_thread(self) -> None:
-        if self._thread is not None and self._thread_engine is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._thread_engine.dispose)
-            self._thread.shutdown(wait=False)
 
     def _committed(self, batch: Batch) -> None:
         for rec in batch.ends:
@@ -376,40 +396,3 @@ class Recorder:
                 rec.on_committed(rec)
             for listener in self.listeners:
                 listener(rec)
-
-
-WRITER_NICENESS = 19
-
-
-def _give_way() -> None:
-    """In the writer thread, on Linux: the lowest CPU priority (nice 19), so that the
-    relays, and the clients and upstreams sharing the machine, are never kept waiting by
-    a batch. A core that nothing else wants still writes at full speed. Where the system
-    refuses, the writer writes at the process's priority: it must not fail over this."""
-    if sys.platform == "linux":  # elsewhere a thread id is not a `setpriority` target
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
-        except OSError as exc:
-            log.debug("the writer thread keeps the process's CPU priority: %s", exc)
-
-
-def _rehearse(engine: Engine) -> None:
-    """Write a recording of two events in a transaction that is rolled back."""
-    request = Request("POST", "http://rehearsal.invalid/", (("Accept", "*/*"),), b"{}")
-    head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
-    rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
-    rec.outcome = Outcome.COMPLETE
-    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            write_batch(SqliteStatements(conn), Batch([rec], events, [rec]), {})
-        finally:
-            transaction.rollback()
-
-
-def _write_in_thread(
-    engine: Engine, batch: Batch, known: dict[str, int]
-) -> tuple[dict[str, int], dict[Recording, int]]:
-    with engine.begin() as conn:
-        return write_batch(SqliteStatements(conn), batch, known)

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.config import Pace
 from proxy.core.headers import end_to_end, get
 from proxy.core.records import Headers, Outcome, ResponseHead
-from proxy.serve.index import Entry
-from proxy.serve.relay import break_connection
+from proxy.serve.connection import break_connection
+from proxy.serve.entry import Entry
 from proxy.store import queries
 
 Page = list[tuple[float, bytes]]
@@ -76,7 +76,7 @@ class Bodies:
         if body_size <= self._small:
             yield await self.small_body(cassette, interaction_id, body_size)
             return
-        async for page in _read_ahead(queries.events(self._engine, interaction_id, 1024)):
+        async for page in _read_ahead(queries.event_pages(self._engine, interaction_id, 1024)):
             yield page
 
     async def small_body(self, cassette: str, interaction_id: int, body_size: int) -> Page:
@@ -87,7 +87,7 @@ class Bodies:
             self._cached.move_to_end(interaction_id)
             return cached
         events: Page = []
-        async for page in queries.events(self._engine, interaction_id, page=1024):
+        async for page in queries.event_pages(self._engine, interaction_id, page=1024):
             events += page
         self._keep(interaction_id, events, body_size)
         return events

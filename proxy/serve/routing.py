@@ -18,11 +18,9 @@ import functools
 from aiohttp import web
 
 from proxy.config import Settings
-from proxy.core.hosts import Target, is_own_address, origin_form, url_target
-from proxy.errors import BadRequest, Refused
-
-TARGET = web.RequestKey("rrproxy_target", Target)
-"""The origin a forward-proxied request goes to (set for CONNECT tunnels and absolute form)."""
+from proxy.core.hosts import Target, origin_form, url_target
+from proxy.errors import BadRequest
+from proxy.forward_proxy.policy import TARGET, refuse_loop
 
 
 def upstream_url(request: web.BaseRequest, settings: Settings) -> str:
@@ -61,14 +59,3 @@ def _routed(raw_path: str, settings: Settings) -> tuple[str, str]:
 def _configured_target(upstream: str) -> Target:
     """A configured upstream's target, parsed once (it was validated at start)."""
     return url_target(upstream)
-
-
-def refuse_loop(request: web.BaseRequest, settings: Settings, target: Target, what: str) -> None:
-    """Raise `Refused` when `target` is the address `request` arrived on (rrproxy itself)."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    local = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
-    if is_own_address(target.host, target.port, local, settings.host):
-        raise Refused(
-            f"{what} is rrproxy's own address ({target.authority}): refused, it would loop; "
-            "point the client or the upstream/routes settings at the real service"
-        )

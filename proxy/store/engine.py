@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from proxy.store import migrate as migrations
 
 BUSY_TIMEOUT_S = 5.0
 WAL_AUTOCHECKPOINT_PAGES = 16384
@@ -40,6 +44,23 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
 
     _sqlite_setup(engine.sync_engine, writer=writer)
     return engine
+
+
+@asynccontextmanager
+async def open_store(
+    url: str, *, writer: bool, migrate: bool = False
+) -> AsyncIterator[AsyncEngine]:
+    """An engine for the store, disposed of on the way out; `migrate=True` (a writer only)
+    first brings the schema to the newest revision (`StoreError` if it cannot)."""
+    if migrate and not writer:
+        raise ValueError("only the writer's engine migrates the store")
+    engine = create_engine(url, writer=writer)
+    try:
+        if migrate:
+            await migrations.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def create_writer_thread_engine(url: str) -> Engine:

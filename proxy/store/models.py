@@ -32,7 +32,11 @@ class Base(DeclarativeBase):
 
 
 class Cassette(Base):
+    """Ids, like interactions', are never given again (SQLite `AUTOINCREMENT`; PostgreSQL's
+    serial sequence): a writer still holding a deleted one fails, it never writes elsewhere."""
+
     __tablename__ = "cassettes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -42,11 +46,16 @@ class Cassette(Base):
 class Interaction(Base):
     """One request and its response head; the body lives in `events`.
 
-    `id` order within a cassette is recording order (the order requests started).
+    `id` order within a cassette is recording order (the order requests started). An id is
+    never given again, even after a delete (SQLite `AUTOINCREMENT`): the late events of a
+    deleted interaction can never land in another one.
     """
 
     __tablename__ = "interactions"
-    __table_args__ = (Index("ix_interactions_cassette_id_id", "cassette_id", "id"),)
+    __table_args__ = (
+        Index("ix_interactions_cassette_id_id", "cassette_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cassette_id: Mapped[int] = mapped_column(ForeignKey("cassettes.id", ondelete="CASCADE"))

@@ -12,17 +12,70 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import exc as sa_exc
 
-from proxy.core.records import Outcome
+from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.models import Cassette, Event, Interaction
 
-if TYPE_CHECKING:
-    from proxy.serve.recorder import Batch, Recording
+_EventRow = tuple[Recording, int, float, bytes]
+
+
+@dataclass
+class Batch:
+    begins: list[Recording] = field(default_factory=list)
+    events: list[_EventRow] = field(default_factory=list)
+    ends: list[Recording] = field(default_factory=list)
+    size: int = 0  # bytes of event data
+    sizes: dict[Recording, int] = field(default_factory=dict)
+    """Bytes of event data by recording (those with events here)."""
+
+    def __len__(self) -> int:
+        return len(self.begins) + len(self.events) + len(self.ends)
+
+    def extend(self, later: Batch) -> None:
+        self.begins += later.begins
+        self.events += later.events
+        self.ends += later.ends
+        self.size += later.size
+        for rec, size in later.sizes.items():
+            self.sizes[rec] = self.sizes.get(rec, 0) + size
+
+    def apart(self) -> list[Batch]:
+        """The batch as one batch per recording, in the order the recordings began."""
+        parts: dict[Recording, Batch] = {}
+        for rec in self.begins:
+            parts.setdefault(rec, Batch()).begins.append(rec)
+        for row in self.events:
+            parts.setdefault(row[0], Batch()).events.append(row)
+        for rec, size in self.sizes.items():
+            part = parts.setdefault(rec, Batch())
+            part.size, part.sizes[rec] = size, size
+        for rec in self.ends:
+            parts.setdefault(rec, Batch()).ends.append(rec)
+        return list(parts.values())
+
+    def drop_events(self, recs: set[Recording]) -> int:
+        """Take the events of `recs` out of the batch; how many there were."""
+        if not any(rec in self.sizes for rec in recs):
+            return 0
+        before = len(self.events)
+        self.events = [row for row in self.events if row[0] not in recs]
+        for rec in recs:
+            self.size -= self.sizes.pop(rec, 0)
+        return before - len(self.events)
+
+    def remove(self, rec: Recording) -> int:
+        """Take the recording's begin, events and end out of the batch; how many items."""
+        before = len(self.begins) + len(self.ends)
+        self.begins = [r for r in self.begins if r is not rec]
+        self.ends = [r for r in self.ends if r is not rec]
+        return before - len(self.begins) - len(self.ends) + self.drop_events({rec})
 
 
 def write_batch(
@@ -50,7 +103,8 @@ def write_batch(
                 for rec, seq, t_ms, data in batch.events
             ]
         )
-    if late := [rec for rec in batch.ends if rec not in new_ids]:
+    # (a recording whose begin the store refused has no row to finish)
+    if late := [r for r in batch.ends if r not in new_ids and r.interaction_id is not None]:
         db.finish([(rec.interaction_id, _final(rec)) for rec in late])
     return cassettes, new_ids
 
@@ -71,8 +125,8 @@ _COLUMNS = (
     "ttfb_ms",
     *_FINAL,
 )
-"""An interaction's columns but its id, in the order of `_interaction_row`."""
-_INTERACTION_COLUMNS = ("id", *_COLUMNS)
+"""An interaction's columns but its id (the database gives it), in the order of
+`_interaction_row`."""
 _EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
 """An event's columns, in the order of `_Row`."""
 _FINISH = f"UPDATE interactions SET {', '.join(f'{c} = ?' for c in _FINAL)} WHERE id = ?"
@@ -140,14 +194,20 @@ class SqliteStatements(CoreStatements):
         self._interaction_params = _bind_processed(conn.dialect, Interaction.__table__)
 
     def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
-        # The writer holds the write lock (BEGIN IMMEDIATE), so the ids after the largest
-        # are its to give: multi-row INSERTs, where a RETURNING in order costs a statement
-        # per row (SQLite does not promise the order of a multi-row RETURNING).
-        (largest,) = self._db.execute("SELECT max(id) FROM interactions").fetchone()
-        ids = range((largest or 0) + 1, (largest or 0) + 1 + len(rows))
+        # The database gives the ids (AUTOINCREMENT: never one it gave before, even to a
+        # deleted row), up to 64 rows to an INSERT. A RETURNING's rows come in no promised
+        # order, but the rows of a VALUES list are inserted in its order, each with a larger
+        # id than any before it: the ids in ascending order are the rows' in order.
         params = self._interaction_params
-        self._insert("interactions", _INTERACTION_COLUMNS, list(map(params, ids, rows)))
-        return list(ids)
+        values = list(map(params, rows))
+        n = _rows_per_insert(len(_COLUMNS))
+        ids: list[int] = []
+        for i in range(0, len(values), n):
+            chunk = values[i : i + n]
+            sql = _multi_row_insert("interactions", _COLUMNS, len(chunk)) + " RETURNING id"
+            returned = self._db.execute(sql, tuple(chain.from_iterable(chunk))).fetchall()
+            ids += sorted(id_ for (id_,) in returned)
+        return ids
 
     def insert_events(self, rows: list[_Row]) -> None:
         self._insert("events", _EVENT_COLUMNS, rows)
@@ -170,18 +230,17 @@ class SqliteStatements(CoreStatements):
 
 
 @functools.cache
-def _bind_processed(dialect: Dialect, table: Table) -> Callable[[int, tuple[Any, ...]], list[Any]]:
-    """The function that turns an id and a row of `_COLUMNS` into the driver's parameters
-    through the column types' bind processors (JSON, DateTime, LargeBinary), as Core
-    would."""
+def _bind_processed(dialect: Dialect, table: Table) -> Callable[[tuple[Any, ...]], list[Any]]:
+    """The function that turns a row of `_COLUMNS` into the driver's parameters through the
+    column types' bind processors (JSON, DateTime, LargeBinary), as Core would."""
     procs = [
         (i, proc)
-        for i, name in enumerate(_INTERACTION_COLUMNS)
+        for i, name in enumerate(_COLUMNS)
         if (proc := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
     ]
 
-    def params(id_: int, row: tuple[Any, ...]) -> list[Any]:
-        values = [id_, *row]
+    def params(row: tuple[Any, ...]) -> list[Any]:
+        values = list(row)
         for i, proc in procs:
             values[i] = proc(values[i])
         return values
@@ -230,3 +289,48 @@ def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any
         rec.ttfb_ms,
         *(_final(rec) if ended else _OPEN),
     )
+
+
+# -- the SQLite writer thread's units of work, and what a failed write means ---------------
+
+
+def rehearse(engine: Engine) -> None:
+    """Write a recording of two events in a transaction that is rolled back."""
+    request = Request("POST", "http://rehearsal.invalid/", (("Accept", "*/*"),), b"{}")
+    head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
+    rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
+    rec.outcome = Outcome.COMPLETE
+    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            write_batch(SqliteStatements(conn), Batch([rec], events, [rec]), {})
+        finally:
+            transaction.rollback()
+
+
+def write_in_thread(
+    engine: Engine, batch: Batch, known: dict[str, int]
+) -> tuple[dict[str, int], dict[Recording, int]]:
+    with engine.begin() as conn:
+        return write_batch(SqliteStatements(conn), batch, known)
+
+
+def refused(exc: Exception) -> bool:
+    """Whether the store will refuse these rows however often they are tried (a foreign key
+    to a deleted row, text that cannot be encoded), as opposed to failing for now."""
+    cause = getattr(exc, "orig", None) or exc
+    return isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError)) or isinstance(
+        cause, (sqlite3.IntegrityError, sqlite3.DataError, UnicodeError, OverflowError)
+    )
+
+
+def busy(exc: Exception) -> bool:
+    """Whether the store is only busy (SQLite locked by another connection): a slow store,
+    for which streams are held, not a failing one."""
+    cause = getattr(exc, "orig", None) or exc
+    code = getattr(cause, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    return isinstance(cause, sqlite3.OperationalError) and code in _BUSY_CODES
+
+
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

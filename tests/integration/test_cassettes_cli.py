@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -15,8 +16,8 @@ from aiohttp import web
 
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.file_format import CassetteFileError
 from proxy.config import database_url
+from proxy.errors import CassetteFileError
 from proxy.store import migrate
 from proxy.store.engine import create_engine
 from tests.conftest import StartProxy, StartUpstream
@@ -283,6 +284,30 @@ async def test_ls_show_and_rm(
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)
     code, _, err = cli("show", "alpha", cwd=tmp_path, db=db_path)
     assert code == 1 and "no cassette named 'alpha'" in err
+
+
+async def test_last_recorded_reads_the_same_in_ls_json_the_admin_endpoint_and_the_file(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    upstream = await start_upstream(sse_upstream())
+    proxy = await start_proxy(upstream, mode="record", cassette="c1")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/v1/stream"), data=b"{}") as resp:
+            await resp.read()
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")) as resp:  # flushes
+            (admin,) = (await resp.json())["cassettes"]
+    await proxy.close()
+
+    code, out, err = cli("ls", "--json", cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    (listed,) = json.loads(out)["cassettes"]
+    code, out, err = cli("export", "c1", "-o", "-", cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    in_file = json.loads(out.splitlines()[1])["recorded_at"]  # the only interaction's line
+
+    # ISO 8601, UTC, to the microsecond, with Z: the cassette file's form, everywhere
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", in_file), in_file
+    assert admin["last_recorded"] == listed["last_recorded"] == in_file
 
 
 async def test_import_redacts_credentials_and_a_directory_import_refuses_keys_first(

@@ -89,6 +89,9 @@ async def test_150_concurrent_streams_recorded_then_replayed(
         assert summary["interactions"] == STREAMS
         assert summary["events"] == STREAMS * EVENTS
         assert summary["incomplete"] == 0
+        async with client.get(proxy.make_url("/_rrproxy/health")) as resp:
+            health = await resp.json()
+        assert (health["store"], health["recordings_dropped"]) == ("ok", 0)
 
         with closing(sqlite3.connect(db_path, timeout=5)) as db:
             interactions = db.execute(

@@ -8,8 +8,10 @@ import asyncio
 import json
 import logging
 import os
+import sqlite3
 import ssl
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +115,22 @@ async def test_replay_mode_refuses_pass_through_hosts(
         "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
         "CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n",
         "GET http://localhost:{port}/v1/x HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n",
+        # every spelling of a local address reaches the proxy itself
+        "GET http://0.0.0.0:{port}/v1/x HTTP/1.1\r\nHost: 0.0.0.0:{port}\r\n\r\n",
+        "GET http://[::ffff:127.0.0.1]:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://0x7f000001:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://2130706433:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://127.1:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://0177.0.0.1:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://[::]:{port}/v1/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        "CONNECT 0.0.0.0:{port} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "CONNECT 0x7f000001:{port} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "CONNECT [::ffff:127.0.0.1]:{port} HTTP/1.1\r\nHost: x\r\n\r\n",
     ],
-    ids=["connect-ip", "connect-name", "absolute-form"],
-)
+    ids=["connect-ip", "connect-name", "absolute-form", "unspecified", "v4-mapped", "hex",
+         "decimal", "short", "octal", "v6-unspecified", "connect-unspecified", "connect-hex",
+         "connect-v4-mapped"],
+)  # fmt: skip
 async def test_requests_aimed_at_the_proxy_itself_are_refused(
     target: str, start_proxy: StartProxy
 ) -> None:
@@ -124,12 +139,13 @@ async def test_requests_aimed_at_the_proxy_itself_are_refused(
     assert status == 403 and b"it would loop" in answer
 
 
+@pytest.mark.parametrize("host", ["localhost", "0.0.0.0", "127.1", "[::ffff:127.0.0.1]"])
 async def test_an_upstream_pointing_at_the_proxy_is_refused(
-    serve_proxy: Any, db_path: Path
+    host: str, serve_proxy: Any, db_path: Path
 ) -> None:
-    port = free_port()
+    port = free_port()  # not the configured port (8080): found out on the first request
     settings = load_settings(
-        environ={}, flags={"upstream": f"http://localhost:{port}", "db": str(db_path)}
+        environ={}, flags={"upstream": f"http://{host}:{port}", "db": str(db_path)}
     )
     proxy = await serve_proxy(create_app(settings), port=port)
     async with aiohttp.ClientSession() as client:
@@ -324,3 +340,57 @@ async def _eventually_logged(caplog: pytest.LogCaptureFixture, text: str) -> Non
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{text!r} was never logged: {caplog.text}")
+
+
+async def test_an_upstream_that_is_the_proxy_itself_is_refused_at_start(tmp_path: Path) -> None:
+    port = str(free_port())
+    env = {**base_env(), "RRPROXY_DB": str(tmp_path / "rrproxy.db")}
+    ran = await run(
+        sys.executable, "-m", "proxy", "serve", "--port", port,
+        "--upstream", f"http://0.0.0.0:{port}", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 2
+    assert f"upstream = 'http://0.0.0.0:{port}' is rrproxy's own address" in ran.stderr
+
+
+async def test_two_proxies_pointed_at_each_other_stop_at_the_hop_check(
+    serve_proxy: Any, db_path: Path
+) -> None:
+    port_a, port_b = free_port(), free_port()
+
+    def proxy_to(port: int) -> web.Application:
+        flags = {"upstream": f"http://127.0.0.1:{port}", "db": str(db_path), "mode": "record"}
+        return create_app(load_settings(environ={}, flags=flags))
+
+    a = await serve_proxy(proxy_to(port_b), port=port_a)
+    await serve_proxy(proxy_to(port_a), port=port_b)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(a.make_url("/v1/models")) as resp:
+            assert resp.status == 508
+            error = (await resp.json())["error"]
+        async with client.get(a.make_url("/_rrproxy/cassettes")) as resp:  # flushes
+            assert resp.status == 200
+    assert error["type"] == "rrproxy_loop_detected"
+    assert "come back to the rrproxy that forwarded it" in error["message"]
+    # B recorded what A sent it (and its 508), without the hop header: it is never recorded
+    with closing(sqlite3.connect(db_path)) as db:
+        recorded = db.execute("SELECT status, request_headers FROM interactions").fetchall()
+    assert recorded and all("rrproxy-hops" not in headers.lower() for _, headers in recorded)
+
+
+async def test_a_chain_of_two_proxies_forwards_with_the_hop_header(
+    start_upstream: StartUpstream, serve_proxy: Any, db_path: Path
+) -> None:
+    calls: list[web.Request] = []
+    upstream = await start_upstream(echo_upstream("up", calls))
+    port_b = free_port()
+    settings = [
+        load_settings(environ={}, flags={"upstream": url, "db": str(db_path)})
+        for url in (f"http://127.0.0.1:{port_b}", url_of(upstream))
+    ]
+    a = await serve_proxy(create_app(settings[0]))
+    await serve_proxy(create_app(settings[1]), port=port_b)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(a.make_url("/v1/models")) as resp:
+            assert resp.status == 200
+    assert calls[0].headers["Rrproxy-Hops"] == f"{settings[0].hop_id}, {settings[1].hop_id}"

@@ -217,7 +217,7 @@ async def test_replay_answers_connect_without_dns_or_upstream(
 
 async def _reset(proxy: TestServer) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.post(proxy.make_url("/_rrproxy/reset")) as resp:
+        async with session.post(proxy.make_url("/_rrproxy/reset"), json={}) as resp:
             assert resp.status == 200
 
 

@@ -88,7 +88,7 @@ async def test_strict_replay_misses_beyond_the_recordings(
         status, headers, body = await post(client, url, json={"q": 1})
         assert status == 404 and headers["Rrproxy-Miss"] == "1"
         assert "all were used in this run" in json.loads(body)["error"]["message"]
-        async with client.post(proxy.make_url("/_rrproxy/reset")) as resp:
+        async with client.post(proxy.make_url("/_rrproxy/reset"), json={}) as resp:
             assert resp.status == 200
         assert (await post(client, url, json={"q": 1}))[0] == 200  # a new run
 
@@ -103,7 +103,7 @@ async def test_auto_mode_replays_unused_recordings_then_records(
     async with aiohttp.ClientSession() as client:
         a = await post(client, url, json={"q": 1})
         assert a[1]["Rrproxy-Source"] == "recorded"
-        async with client.post(proxy.make_url("/_rrproxy/reset")):
+        async with client.post(proxy.make_url("/_rrproxy/reset"), json={}):
             pass
         b = await post(client, url, json={"q": 1})
         assert b[1]["Rrproxy-Source"] == "replayed" and b[2] == a[2]
@@ -241,7 +241,8 @@ async def test_control_headers_are_stripped_and_choose_the_cassette(
         assert bad[0] == 400
         async with client.get(proxy.make_url("/_rrproxy/cassettes")) as resp:
             listed = (await resp.json())["cassettes"]
-    assert not any(h.lower().startswith("rrproxy-") for h in seen[0].headers)
+    sent = [h.lower() for h in seen[0].headers if h.lower().startswith("rrproxy-")]
+    assert sent == ["rrproxy-hops"]  # loop detection; no control header
     assert [(c["name"], c["interactions"]) for c in listed] == [("other", 1)]
     await proxy.close()
     with sqlite3.connect(db_path) as db:

@@ -146,7 +146,7 @@ async def test_anthropic_messages_stream_records_then_replays(
     recorded = await text("sk-ant-recording")
     await upstream.close()
     async with aiohttp.ClientSession() as session:  # a new run: auto mode replays
-        async with session.post(proxy.make_url("/_rrproxy/reset")) as resp:
+        async with session.post(proxy.make_url("/_rrproxy/reset"), json={}) as resp:
             assert resp.status == 200
     replayed = await text("sk-ant-someone-else")
     assert recorded[0] == replayed[0] == "Hello, World!"

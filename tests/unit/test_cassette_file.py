@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from proxy.cassettes import file_format as cassette_file
-from proxy.cassettes.file_format import CassetteFileError, Recorded
-from proxy.core.records import Event, Outcome, Request, ResponseHead
+from proxy.cassettes.file_format import Recorded
+from proxy.core.records import Event, Outcome, Request, ResponseHead, check_cassette_name
 from proxy.core.secrets_scan import scan_request, scan_response, scan_text
+from proxy.errors import CassetteFileError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello-world.cassette.jsonl"
 
@@ -165,6 +166,51 @@ BAD: dict[str, tuple[list[str], int, str]] = {
     "too few interactions": ([_with(HEADER, interactions=2), HEAD, EV1, EV2], 4, "announces 2"),
     "blank line": ([HEADER, "", HEAD, EV1, EV2], 2, "empty line"),
     "byte order mark": (["\ufeff" + HEADER, HEAD, EV1, EV2], 1, "byte order mark"),
+    # What could never be stored or replayed:
+    "name too long a file name": (
+        [_with(HEADER, name="é" * 200), HEAD, EV1, EV2],
+        1,
+        "more than the 255 bytes",
+    ),
+    "interim status": ([HEADER, _with(HEAD, response__status=101), EV1, EV2], 2, "a final"),
+    "body on a 204": ([HEADER, _with(HEAD, response__status=204), EV1, EV2], 2, "no body"),
+    "body on a 304": ([HEADER, _with(HEAD, response__status=304), EV1, EV2], 2, "no body"),
+    "body for HEAD": ([HEADER, _with(HEAD, request__method="HEAD"), EV1, EV2], 2, "HEAD has no"),
+    "header name with a space": (
+        [HEADER, _with(HEAD, response__headers=[["X Id", "1"]]), EV1, EV2],
+        2,
+        "response: 'headers' has the name 'X Id', which is not an HTTP token",
+    ),
+    "header name not ascii": (
+        [HEADER, _with(HEAD, request__headers=[["Clé", "1"]]), EV1, EV2],
+        2,
+        "not an HTTP token",
+    ),
+    "header value with CRLF": (
+        [HEADER, _with(HEAD, response__headers=[["X-Id", "1\r\nSet-Cookie: a=b"]]), EV1, EV2],
+        2,
+        "a value for 'X-Id' with CR, LF or NUL",
+    ),
+    "header value with NUL": (
+        [HEADER, _with(HEAD, request__headers=[["X-Id", "1\u0000"]]), EV1, EV2],
+        2,
+        "CR, LF or NUL",
+    ),
+    "NUL in the url": (
+        [HEADER, _with(HEAD, request__url="https://a.example/\u0000"), EV1, EV2],
+        2,
+        "'url' holds a NUL character",
+    ),
+    "year 10000 in UTC": (
+        [HEADER, _with(HEAD, recorded_at="9999-12-31T23:59:59-01:00"), EV1, EV2],
+        2,
+        "between the years 1970 and 9999",
+    ),
+    "year 10": (
+        [HEADER, _with(HEAD, recorded_at="0010-01-01T00:00:00Z"), EV1, EV2],
+        2,
+        "between the years 1970 and 9999",
+    ),
 }
 
 
@@ -176,6 +222,38 @@ def test_a_bad_file_names_the_line(lines: list[str], line: int, reason: str) -> 
     assert caught.value.line == line, caught.value
     assert reason in caught.value.reason
     assert str(caught.value).startswith(f"x.cassette.jsonl, line {line}: ")
+
+
+def test_a_lone_surrogate_in_a_url_names_the_line() -> None:
+    head = _with(HEAD, request__url="https://a.example/x").replace("/x", "/\\udcff")
+    data = f"{HEADER}\n{head}\n{EV1}\n{EV2}\n".encode()
+    with pytest.raises(CassetteFileError) as caught:
+        cassette_file.loads(data)
+    assert caught.value.line == 2
+    assert "'url' holds a lone surrogate" in caught.value.reason
+
+
+CASSETTE_NAMES = {
+    "plain": ("checkout-flow", True),
+    "200 characters": ("a" * 200, True),
+    "201 characters": ("a" * 201, False),
+    "120 two-byte characters: 255 bytes with the suffix": ("é" * 120, True),
+    "121 two-byte characters: 257 bytes": ("é" * 121, False),
+    "200 two-byte characters": ("é" * 200, False),
+    "a byte that is not UTF-8 (from a file name)": ("caf\udce9", False),
+    "separator": ("a/b", False),
+    "dot dot": ("..", False),
+    "control character": ("a\tb", False),
+}
+
+
+@pytest.mark.parametrize("name, ok", CASSETTE_NAMES.values(), ids=CASSETTE_NAMES.keys())
+def test_a_cassette_name_is_a_file_name_every_file_system_takes(name: str, ok: bool) -> None:
+    if ok:
+        assert check_cassette_name(name) == name
+    else:
+        with pytest.raises(ValueError, match="not a valid cassette name"):
+            check_cassette_name(name)
 
 
 def test_bytes_that_are_not_utf8_name_the_line() -> None:

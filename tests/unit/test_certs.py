@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import certifi
 import pytest
 import trustme
 from cryptography import x509
@@ -18,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.forward_proxy.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, CertificateError
+from proxy.errors import CertificateError
+from proxy.forward_proxy.ca import CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority
 
 
 @pytest.fixture
@@ -345,4 +347,18 @@ def test_bundle_from_a_ca_directory(
     certs = _certs_in(ca.bundle_with_system_cas(tmp_path / "bundle.pem"))
     expected = [ssl.PEM_cert_to_DER_cert(c.cert_pem.bytes().decode()) for c in (first, second)]
     assert sorted(certs[:-1]) == sorted(expected)
+    assert certs[-1] == _ours(ca)
+
+
+def test_bundle_without_system_cas_falls_back_to_certifi(
+    ca: CertificateAuthority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slim container: OpenSSL finds neither a CA file nor a CA directory.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "absent.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "absent"))
+
+    certs = _certs_in(ca.bundle_with_system_cas(tmp_path / "bundle.pem"))
+    public = _certs_in(Path(certifi.where()))
+    assert len(public) > 50  # certifi's bundle: the public CAs
+    assert certs[:-1] == public
     assert certs[-1] == _ours(ca)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config import KEYS, KEYS_BY_NAME, Mode, Pace, Settings, load_settings
-from proxy.core.redact import DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
+from proxy.config import KEYS, KEYS_BY_NAME, VARIABLES, Mode, Pace, Settings, load_settings
+from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 from proxy.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -43,6 +43,7 @@ CASES = [
     Case("timeouts.connect", 1.5, "1.5", 1.5, lambda s: s.connect_timeout),
     Case("timeouts.read", 60, "60", 60.0, lambda s: s.read_timeout),
     Case("timeouts.shutdown", 0.5, "0.5", 0.5, lambda s: s.shutdown_timeout),
+    Case("timeouts.request_body", 2.5, "2.5", 2.5, lambda s: s.request_body_timeout),
     Case("matching.ignore_body_fields", ["metadata.id", "user"], "metadata.id, user",
          ("metadata.id", "user"), lambda s: s.matching.ignore_body_fields),
     Case("matching.match_headers", ["OpenAI-Beta"], "OpenAI-Beta", ("OpenAI-Beta",),
@@ -54,6 +55,10 @@ CASES = [
          DEFAULT_HEADERS | {"x-custom-token"}, lambda s: s.redact.headers),
     Case("redact.query_params", ["key", "Sig", "sess"], "key,Sig,sess",
          DEFAULT_QUERY_PARAMS | {"sess"}, lambda s: s.redact.query_params),
+    Case("redact.name_contains", ["Key", "session"], "key,Session", frozenset({"key", "session"}),
+         lambda s: s.redact.name_contains),  # these replace the built-in words
+    Case("redact.allow", ["X-Trace-Token", "*-key-id"], "x-trace-token,*-key-id",
+         DEFAULT_ALLOW | {"x-trace-token", "*-key-id"}, lambda s: s.redact.allow),
     Case("cassette_dir", "cassettes", "cassettes", "cassettes", lambda s: s.cassette_dir),
     Case("ca_dir", "/tmp/rr-ca", "/tmp/rr-ca", "/tmp/rr-ca", lambda s: s.ca_dir),
     Case("upstream_ca_bundle", "ca.pem", "ca.pem", "ca.pem", lambda s: s.upstream_ca_bundle),
@@ -63,6 +68,8 @@ CASES = [
     Case("allow_hosts", ["127.0.0.1", "[::1]"], "127.0.0.1,[::1]", ("127.0.0.1", "::1"),
          lambda s: s.allow_hosts),
     Case("allow_remote", True, "on", True, lambda s: s.allow_remote),
+    Case("admin_hosts", ["rrproxy.internal", "Box.lan:8080"], "rrproxy.internal,Box.lan:8080",
+         ("rrproxy.internal", "box.lan:8080"), lambda s: s.admin_hosts),
     Case("routes", {"/openai": "https://api.openai.com/", "/anthropic/v1": "https://a.test"},
          "/openai=https://api.openai.com/,/anthropic/v1=https://a.test",
          (("/anthropic/v1", "https://a.test"), ("/openai", "https://api.openai.com")),
@@ -157,21 +164,26 @@ def test_rrproxy_config_names_the_file_and_a_flag_file_wins(tmp_path: Path) -> N
 
 BAD = [
     ("host", "", ""),
+    ("host", "  ", " "),  # blank
     ("port", "abc", "abc"),
     ("port", 70000, "70000"),
     ("port", 8080.5, "8080.5"),  # a fraction is refused, not truncated
     ("port", True, "-1"),
+    ("port", 0, "0"),  # a port chosen by the system: no client could find the proxy
     ("upstream", "ftp://x", "api.openai.com"),
     ("upstream", "http://x/?q=1", "http://x/#f"),
     ("mode", "replay2", "recrod"),
     ("cassette", "../up", "a/b"),
     ("db", "", ""),
+    ("db", " ", "\t"),
     ("pace", "fast", "0"),
     ("pace", -2, "inf"),
     ("strict", "maybe", "2"),
     ("verbose", 1.5, "verbose"),
     ("max_request_body", "big", "1.5"),
     ("max_request_body", 1.5, "1e3"),
+    ("max_request_body", -5, "-5"),  # would refuse every body
+    ("max_request_body", 0, "0"),  # would mean no limit at all to aiohttp
     ("timeouts.connect", 0, "-1"),
     ("timeouts.read", "long", "nan"),
     ("timeouts.shutdown", -1, "inf"),
@@ -256,8 +268,45 @@ def test_missing_or_broken_file(tmp_path: Path) -> None:
         load_settings(broken, environ={})
 
 
-def test_unrelated_environment_variables_are_ignored() -> None:
-    assert load_settings(environ={"RRPROXY_": "x", "RRPROXY_UNKNOWN": "y"}) == Settings()
+def test_variables_not_starting_with_rrproxy_are_ignored() -> None:
+    environ = {"RRPROXYMODE": "x", "MODE": "replay", "rrproxy_mode": "nope", "PORT": "1"}
+    assert load_settings(environ=environ) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"),
+    [
+        ("RRPROXY_MDOE", "RRPROXY_MODE"),
+        ("RRPROXY_TIMEOUT_READ", "RRPROXY_TIMEOUTS_READ"),
+        ("RRPROXY_CASSETTES_DIR", "RRPROXY_CASSETTE_DIR"),
+        ("RRPROXY_CONFIG_FILE", "RRPROXY_CONFIG"),
+        ("RRPROXY_mode", "RRPROXY_MODE"),  # variables are case-sensitive
+        ("RRPROXY_UNKNOWN", None),
+        ("RRPROXY_", None),
+    ],
+)
+def test_an_unknown_rrproxy_variable_is_refused_naming_the_closest(
+    name: str, closest: str | None
+) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings(environ={name: "x", "RRPROXY_MODE": "replay"})
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert f"unknown environment variable {name}" in message
+    if closest is None:
+        assert "did you mean" not in message
+    else:
+        assert f"(did you mean {closest}?)" in message
+    assert "rename or unset it" in message
+
+
+def test_every_known_variable_is_accepted_at_once(tmp_path: Path) -> None:
+    """Each key's variable and RRPROXY_CONFIG, all set together: none is refused."""
+    assert {k.env for k in KEYS} | {"RRPROXY_CONFIG"} == set(VARIABLES)
+    environ = {KEYS_BY_NAME[c.key].env: c.text for c in CASES}
+    environ["RRPROXY_CONFIG"] = str(write_toml(tmp_path, {"cassette": "from-file"}))
+    settings = load_settings(environ=environ)
+    assert all(c.get(settings) == c.expected for c in CASES)
 
 
 # -- config.example.toml ------------------------------------------------------------------

@@ -13,14 +13,16 @@ from proxy.core.hosts import (
     Target,
     check_pattern,
     host_matches,
+    ip_literal,
     is_loopback,
     is_own_address,
+    normalize_host,
     origin_form,
     parse_absolute,
     parse_authority,
 )
-from proxy.errors import ConfigError, Refused
-from proxy.forward_proxy.policy import Action, check_listen, forward_action
+from proxy.errors import ConfigError, LoopDetected, Refused
+from proxy.forward_proxy.policy import Action, check_listen, check_loops, forward_action, next_hops
 from proxy.serve.routing import routed_url
 
 
@@ -84,6 +86,7 @@ def test_bad_absolute_form(raw: str) -> None:
         ("openai.com", ["*.openai.com"], False),
         ("evilopenai.com", ["*.openai.com"], False),
         ("127.0.0.1", ["127.0.0.1"], True),
+        ("127.0.0.1", ["0x7f000001"], True),  # an IP in any spelling
         ("anything", [], False),
     ],
 )
@@ -91,7 +94,28 @@ def test_host_patterns(host: str, patterns: list[str], expected: bool) -> None:
     assert host_matches(host, [check_pattern(p) for p in patterns]) is expected
 
 
-@pytest.mark.parametrize("pattern", ["", "*.", "http://x", "x:443", "a/b", "*"])
+@pytest.mark.parametrize(
+    ("pattern", "normal", "host", "port", "expected"),
+    [
+        ("API.example.com:8443", "api.example.com:8443", "api.example.com", 8443, True),
+        ("api.example.com:8443", "api.example.com:8443", "api.example.com", 443, False),
+        ("*.corp:443", "*.corp:443", "git.corp", 443, True),
+        ("*.corp:443", "*.corp:443", "git.corp", 8443, False),
+        ("*.corp", "*.corp", "git.corp", 8443, True),  # no port: every port
+        ("[::1]:8443", "[::1]:8443", "::1", 8443, True),
+        ("::1", "::1", "::1", 8443, True),
+    ],
+)
+def test_host_patterns_with_ports(
+    pattern: str, normal: str, host: str, port: int, expected: bool
+) -> None:
+    assert check_pattern(pattern) == normal
+    assert host_matches(host, [normal], port) is expected
+
+
+@pytest.mark.parametrize(
+    "pattern", ["", "*.", "http://x", "x:0", "x:99999", "x:", "[::1", "[::1]x", "a/b", "*"]
+)
 def test_bad_host_patterns(pattern: str) -> None:
     with pytest.raises(ValueError):
         check_pattern(pattern)
@@ -116,9 +140,24 @@ def test_loopback(host: str, expected: bool) -> None:
         ("::1", 8080, ("::1", 8080, 0, 0), "::1", True),
         ("10.1.2.3", 8080, ("10.1.2.3", 8080), "0.0.0.0", True),
         ("localhost", 8080, ("10.1.2.3", 8080), "0.0.0.0", True),
-        ("localhost", 8080, ("10.1.2.3", 8080), "10.1.2.3", False),
+        ("localhost", 8080, ("10.1.2.3", 8080), "10.1.2.3", True),  # loopback is the machine
         ("10.9.9.9", 8080, ("10.1.2.3", 8080), "0.0.0.0", False),
         ("127.0.0.1", 8080, None, "127.0.0.1", False),
+        # every spelling of a local address (inet_aton forms, IPv4-mapped, unspecified)
+        ("0.0.0.0", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("::ffff:127.0.0.1", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("[::ffff:127.0.0.1]", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("0x7f000001", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("2130706433", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("127.1", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("0177.0.0.1", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("0", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("::", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("[::]", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("localhost.", 8080, ("127.0.0.1", 8080), "127.0.0.1", True),
+        ("::ffff:10.1.2.3", 8080, ("10.1.2.3", 8080), "0.0.0.0", True),
+        ("0x7f000001", 9090, ("127.0.0.1", 8080), "127.0.0.1", False),  # another port
+        ("10.0.0.1", 8080, ("127.0.0.1", 8080), "127.0.0.1", False),
     ],
 )
 def test_own_address(
@@ -198,6 +237,53 @@ def test_forward_policy(settings: Settings, target: Target, expected: Action | s
     else:
         with pytest.raises(Refused, match=expected):
             forward_action(target, settings)
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [("127.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"), ("2130706433", "127.0.0.1"),
+     ("0177.0.0.1", "127.0.0.1"), ("10.1.0x10", "10.1.0.16"), ("0", "0.0.0.0"),
+     ("::ffff:127.0.0.1", "::ffff:7f00:1"), ("1.2.3.4", "1.2.3.4")],
+)  # fmt: skip
+def test_inet_aton_spellings_are_addresses(text: str, address: str) -> None:
+    assert str(ip_literal(text)) == address
+    assert normalize_host(text) == address
+
+
+@pytest.mark.parametrize("text", ["256.1", "1.2.3.4.5", "0x", "1e5", "0x100000000", "1..2", "08"])
+def test_not_inet_aton_spellings(text: str) -> None:
+    assert ip_literal(text) is None
+
+
+@pytest.mark.parametrize(
+    ("upstream", "port", "routes"),
+    [("http://0.0.0.0:8080", 8080, ()), ("http://127.1:8080", 8080, ()),
+     ("http://[::ffff:127.0.0.1]:8080", 8080, ()), ("http://localhost:8080", 8080, ()),
+     ("https://api.openai.com", 8080, (("/self", "http://0x7f000001:8080"),))],
+)  # fmt: skip
+def test_an_upstream_that_is_the_proxy_itself_is_refused_at_start(
+    upstream: str, port: int, routes: tuple[tuple[str, str], ...]
+) -> None:
+    with pytest.raises(ConfigError, match="rrproxy's own address"):
+        check_loops(Settings(upstream=upstream, port=port, routes=routes))
+
+
+def test_upstreams_elsewhere_are_fine_at_start() -> None:
+    check_loops(Settings(upstream="http://127.0.0.1:9090", port=8080))
+    check_loops(Settings(upstream="http://0.0.0.0:8080", port=0))  # the port is chosen at start
+
+
+def test_the_hop_header_grows_and_stops_a_loop() -> None:
+    a, b = Settings(), Settings()
+    assert a.hop_id != b.hop_id and a == b  # the id does not make settings differ
+    first = next_hops("", a)
+    assert first == a.hop_id
+    second = next_hops(first, b)
+    assert second == f"{a.hop_id}, {b.hop_id}"
+    with pytest.raises(LoopDetected, match="come back"):
+        next_hops(second, a)
+    with pytest.raises(LoopDetected, match="8 rrproxies"):
+        next_hops(", ".join(f"id{i}" for i in range(8)), a)
 
 
 def test_listening_beyond_loopback() -> None:

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from proxy.core.matching import MatchRules
 from proxy.core.records import Outcome, Request, ResponseHead
-from proxy.serve.index import Entry, Index
+from proxy.serve.entry import Entry
+from proxy.serve.index import Index
 from proxy.store import migrate
 from proxy.store.engine import create_engine
 
 
 def entry(n: int, outcome: Outcome = Outcome.RECORDING) -> Entry:
     request = Request("POST", f"http://127.0.0.1:1/v1/{n}", (), b"")
-    return Entry(request, None, ResponseHead(200, ()), outcome)
+    e = Entry.recording(request, None, ResponseHead(200, ()), 0.0)
+    e.outcome = outcome
+    return e
 
 
 async def test_recordings_already_in_the_store_are_not_held_in_memory(tmp_path: Path) -> None:
@@ -40,6 +43,8 @@ async def test_recordings_already_in_the_store_are_not_held_in_memory(tmp_path: 
     del e
     assert max(held) <= 2 * 256
     for e in in_flight:
-        found = await index.for_replay("c", index.key(e.request), e.request, strict=True)
+        request = e.request(e.body or b"")
+        e.committed.set()  # its last batch commits now: resolve need not wait for it
+        found = await index.resolve("c", request, replay=True, strict=True, hurry=lambda: None)
         assert found is e
     await engine.dispose()

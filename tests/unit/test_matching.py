@@ -8,11 +8,18 @@ import pytest
 
 from proxy.core.matching import (
     MAX_DIFFERENCES,
+    Candidate,
     MatchRules,
+    canonical,
     closest,
     differences,
-    key_inputs,
+    input_digest,
+    keyed,
     match_key,
+    nearest,
+    shortlist,
+    similarity,
+    sketch,
 )
 from proxy.core.records import Request
 
@@ -311,7 +318,7 @@ def test_different_key(
     assert match_key(wanted, rules) != match_key(recorded, rules)
     assert differences(wanted, recorded, rules) == [expected]
     # The index looks a key up by these: requests with different keys must differ in them.
-    assert key_inputs(wanted, rules) != key_inputs(recorded, rules)
+    assert input_digest(wanted, rules) != input_digest(recorded, rules)
 
 
 # The key of one fixed request, computed once (rrproxy 0.1.0) and written down. It pins the
@@ -461,3 +468,58 @@ def test_closest_exact_has_no_differences() -> None:
 
 def test_closest_without_candidates() -> None:
     assert closest(req(), [], NO_RULES) is None
+
+
+# -- a miss against many recordings: shortlist, sketches, deadline ------------------------
+
+
+def candidate(request: Request, rules: MatchRules = NO_RULES) -> Candidate:
+    """What the index keeps of a recorded request: all but its body."""
+    _, body_sketch = keyed(request, rules)
+    return Candidate(request.method, request.url, request.headers, len(request.body), body_sketch)
+
+
+def chat(n: int, changed: int | None = None) -> Request:
+    """Many leaves, all unique to `n` but the roles; same size whatever `n` (0-9)."""
+    messages = [{"role": "user", "content": f"{n} message {i}"} for i in range(40)]
+    if changed is not None:
+        messages[changed]["content"] = f"{n} message {changed}!"[:-1] + "?"
+    return req(body={"model": "m", "messages": messages})
+
+
+def test_similarity_of_sketches() -> None:
+    one = sketch(canonical(chat(1), NO_RULES))
+    assert similarity(one, one) == 1.0
+    assert similarity(one, sketch(canonical(chat(1, changed=5), NO_RULES))) > 0.8
+    # the model and the roles alike (41 leaves), the contents not (2 x 40)
+    assert similarity(one, sketch(canonical(chat(2), NO_RULES))) < 0.6
+    assert similarity((), ()) == 1.0 and similarity(one, ()) == 0.0
+
+
+def test_the_shortlist_holds_the_closest_of_bodies_alike_in_size() -> None:
+    recorded = [chat(n) for n in range(10)]
+    picked = shortlist(chat(6, changed=5), [candidate(r) for r in recorded], NO_RULES, 3)
+    assert len(picked) == 3 and picked == sorted(picked)
+    assert 6 in picked
+
+
+def test_the_shortlist_prefers_the_route_then_the_head() -> None:
+    recorded = [
+        req(url=CHAT),
+        req(url=URL + "?a=1"),
+        req(url=URL + "?a=2&b=3"),
+        req(method="GET", url=URL),
+    ]
+    picked = shortlist(req(url=URL + "?a=2"), [candidate(r) for r in recorded], NO_RULES, 1)
+    assert picked == [1]  # the same route, one query parameter different, not two
+
+
+def test_nearest_past_its_deadline_names_the_best_compared_so_far() -> None:
+    wanted = canonical(req(), NO_RULES)
+    recorded = (req(method="GET"), req(body={**BODY, "model": "x"}), req())
+    forms = [canonical(r, NO_RULES) for r in recorded]
+    assert nearest(wanted, forms) == (2, [])
+    ticks = iter(range(100))
+    found = nearest(wanted, forms, deadline=1, clock=lambda: next(ticks))
+    assert found is not None and found[0] == 1  # compared two: the first and the second
+    assert nearest(wanted, [], deadline=0) is None

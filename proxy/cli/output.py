@@ -1,0 +1,138 @@
+"""What the cassette commands print: tables and lines for people, JSON shapes for scripts.
+
+Times in JSON are the cassette file's form (`format_time`: ISO 8601, UTC, microseconds, `Z`),
+the form `GET /_rrproxy/cassettes` uses too; tables show the same form to the second.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from proxy.cassettes.file_format import format_time
+from proxy.core.records import Event
+
+if TYPE_CHECKING:
+    from proxy.store.queries import CassetteInfo, StoredInteraction
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
+
+
+def json_time(t: datetime | None) -> str | None:
+    return format_time(t) if t else None
+
+
+def table_time(t: datetime | None) -> str:
+    return format_time(t)[:19] + "Z" if t else "-"  # YYYY-MM-DDTHH:MM:SSZ
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError  # unreachable
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control characters shown as escapes, never obeyed."""
+    return "".join(c if c.isprintable() or c == "\t" else f"\\x{ord(c):02x}" for c in text)
+
+
+# -- ls ---------------------------------------------------------------------------------------
+
+
+def cassettes_table(infos: Sequence[CassetteInfo]) -> str:
+    return table(
+        ("NAME", "INTERACTIONS", "EVENTS", "SIZE", "LAST RECORDED", "INCOMPLETE"),
+        [
+            (
+                i.name,
+                str(i.interactions),
+                str(i.events),
+                size(i.size),
+                table_time(i.last_recorded),
+                str(i.incomplete),
+            )
+            for i in infos
+        ],
+    )
+
+
+def cassette_json(i: CassetteInfo) -> dict[str, Any]:
+    return {
+        "name": i.name,
+        "interactions": i.interactions,
+        "events": i.events,
+        "size": i.size,
+        "last_recorded": json_time(i.last_recorded),
+        "incomplete": i.incomplete,
+    }
+
+
+# -- show -------------------------------------------------------------------------------------
+
+
+def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "number": i.number,
+        "method": i.method,
+        "url": i.url,
+        "status": i.status,
+        "events": i.events,
+        "size": i.size,
+        "ttfb_ms": i.ttfb_ms,
+        "duration_ms": i.duration_ms,
+        "complete": i.complete,
+        "outcome": i.outcome.value,
+        "error": i.error,
+        "recorded_at": json_time(i.recorded_at),
+    }
+    if not no_events:
+        obj["body"] = [event_json(e) for e in evs]
+    return obj
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    try:
+        return {"t": event.t_ms, "data": event.data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"t": event.t_ms, "b64": base64.b64encode(event.data).decode("ascii")}
+
+
+def interaction_text(i: StoredInteraction) -> str:
+    took = f"took {i.duration_ms:.0f} ms" if i.duration_ms is not None else "no end"
+    state = "complete" if i.complete else i.outcome.value.replace("_", " ")
+    lines = [
+        f"#{i.number}  {i.method} {printable(i.url)}",
+        f"    {i.status}, {i.events} events, {size(i.size)}, first byte {i.ttfb_ms:.0f} ms, "
+        f"{took}, {state}; recorded {table_time(i.recorded_at)}",
+    ]
+    if i.error:
+        lines.append(f"    {printable(i.error)}")
+    return "\n".join(lines)
+
+
+def event_text(event: Event) -> str:
+    stamp = f"    {event.t_ms:>9.1f} ms  "
+    pad = " " * len(stamp)
+    try:
+        text = event.data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"{stamp}({len(event.data)} bytes, not UTF-8) {event.data[:48]!r}"
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")
+    return "\n".join((stamp if i == 0 else pad) + printable(line) for i, line in enumerate(lines))
