@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +21,6 @@ from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import Event
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
-from proxy.files import atomic_write
 from proxy.store import maintenance, queries
 from proxy.store.queries import StoredInteraction
 
@@ -90,19 +87,9 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
             store.reader, name, out, allow_secrets=args.allow_secrets, redactor=settings.redact
         )
 
-    if target == "-":
-        with tempfile.TemporaryFile() as spool:  # nothing reaches stdout unless all is well
-            run(settings, lambda s: write(s, spool))
-            spool.seek(0)
-            shutil.copyfileobj(spool, sys.stdout.buffer)
-            sys.stdout.flush()
-        return 0
-    path = Path(target)
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: the directory {path.parent} does not exist")
-    with atomic_write(path) as f:
-        count = run(settings, lambda s: write(s, f))
-    print(f"exported cassette {name!r} ({count} interaction(s)) to {path}", file=sys.stderr)
+    count = output.write_out(target, lambda out: run(settings, lambda s: write(s, out)))
+    if target != "-":
+        print(f"exported cassette {name!r} ({count} interaction(s)) to {target}", file=sys.stderr)
     return 0
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from proxy.cassettes import har, vcrpy
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.files import open_regular
+from proxy.cli import output
 from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError
-from proxy.files import atomic_write
 
 
 def import_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -95,15 +95,9 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
         return (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
     data: bytes = run(settings, work)
+    output.write_out(target, lambda out: out.write(data))
     if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
         return 0
-    path = Path(target)
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot write {path}: the directory {path.parent} does not exist")
-    with atomic_write(path) as f:
-        f.write(data)
     count = len(json.loads(data)["log"]["entries"])
-    print(f"exported cassette {name!r} ({count} interaction(s)) to {path} (HAR)", file=sys.stderr)
+    print(f"exported cassette {name!r} ({count} interaction(s)) to {target} (HAR)", file=sys.stderr)
     return 0

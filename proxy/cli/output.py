@@ -1,4 +1,5 @@
-"""What the cassette commands print: tables and lines for people, JSON shapes for scripts.
+"""What the cassette commands print: tables and lines for people, JSON shapes for scripts,
+and the files they write.
 
 Times in JSON are the cassette file's form (`format_time`: ISO 8601, UTC, microseconds, `Z`),
 the form `GET /_rrproxy/cassettes` uses too; tables show the same form to the second.
@@ -8,15 +9,41 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from proxy.cassettes.file_format import format_time
 from proxy.core.records import Event
+from proxy.errors import ConfigError
+from proxy.files import atomic_write
 
 if TYPE_CHECKING:
     from proxy.store.queries import CassetteInfo, StoredInteraction
+
+
+T = TypeVar("T")
+
+
+def write_out(target: str, produce: Callable[[IO[bytes]], T]) -> T:
+    """Run `produce` on the output `target` names: standard output for "-" (spooled first:
+    nothing reaches it unless all went well), else a file that appears whole or not at all."""
+    if target == "-":
+        with tempfile.TemporaryFile() as spool:
+            result = produce(spool)
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout.buffer)
+            sys.stdout.flush()
+        return result
+    path = Path(target)
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: the directory {path.parent} does not exist")
+    with atomic_write(path) as f:
+        return produce(f)
 
 
 def print_json(obj: object) -> None:

@@ -96,6 +96,12 @@ class Index:
         self._keys[digest] = entry.key
         return entry
 
+    def entries(self, cassette: str) -> tuple[Entry, ...]:
+        """The recordings of `cassette` as the index holds them, in order (empty until a
+        replay has loaded it): what a run knows, for inspection."""
+        loaded = self._cassettes.get(cassette)
+        return tuple(loaded.entries) if loaded is not None else ()
+
     def reset(self) -> None:
         """Start a new run: every counter back to zero, cassettes reloaded on next use. Only
         recordings still being written are carried over: the store has the rest (or they

@@ -141,9 +141,9 @@ async def test_the_index_keeps_no_request_body_once_it_is_stored(
         async with client.get(proxy.make_url("/_rrproxy/cassettes")):
             pass  # every recording is in the store
         index = proxy.app[SERVICES].index
-        assert [e.body for e in index._cassettes["c"].entries] == [None] * 20
+        assert [e.body for e in index.entries("c")] == [None] * 20
         async with client.post(url, json=chat(99), headers={"Rrproxy-Mode": "replay"}) as miss:
             assert miss.status == 404
-    entries = index._cassettes["c"].entries
+    entries = index.entries("c")
     assert [e.body for e in entries] == [None] * 20
     assert all(e.sketch for e in entries)
