@@ -223,6 +223,8 @@ class Index:
         """`entry` once it is in the store. A recording of this run is replayable once its
         last batch is written, unless its events had to be dropped meanwhile (the store was
         failing)."""
+        if entry.committed.is_set() and entry.available:
+            return entry  # the usual case
         where = f"{request.method} {request.url} in cassette {cassette!r}"
         if not entry.committed.is_set():
             hurry()
