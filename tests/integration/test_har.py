@@ -179,3 +179,36 @@ async def test_a_bad_har_entry_names_file_and_entry_and_changes_nothing(
     assert code != 0
     assert "bad.har" in err and "entry 3 (GET " in err and "not an HTTP token" in err
     assert rows(db_path) == before
+
+
+async def test_a_har_saved_by_chromium_imports_and_replays_its_stream(
+    start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """A HAR that Playwright had Chromium save (tests/data/har/README.md says how): the SSE
+    stream a page fetched, and the JSON after it, replay as Chromium saved them; the page's
+    Authorization header never reaches the store."""
+    har = DATA / "playwright-chromium.har"
+    code, out, err = cli("import", "--from", "har", str(har), cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    assert "imported cassette 'playwright-chromium' from har: 3 interaction(s)" in out
+    assert "1 value(s) redacted" in out
+    with closing(sqlite3.connect(db_path)) as conn:
+        [(headers,)] = conn.execute(
+            "SELECT request_headers FROM interactions WHERE method = 'POST'"
+        )
+    assert "sk-test-browser-key" not in headers and "[REDACTED]" in headers
+
+    entries = json.loads(har.read_text())["log"]["entries"]
+    stream = entries[1]["response"]["content"]["text"]
+    assert stream.count("event: response.output_text.delta") == 4  # what Chromium saved
+    proxy = await start_proxy(
+        "https://api.example.test", mode="replay", cassette="playwright-chromium"
+    )
+    async with aiohttp.ClientSession() as client:
+        for entry in entries:
+            request = entry["request"]
+            body = request.get("postData", {}).get("text", "").encode()
+            url = proxy.make_url(request["url"].removeprefix("https://api.example.test"))
+            async with client.request(request["method"], url, data=body) as resp:
+                assert resp.headers.get("Rrproxy-Source") == "replayed", await resp.text()
+                assert await resp.read() == entry["response"]["content"]["text"].encode()
