@@ -117,9 +117,9 @@ def cassette_json(i: CassetteInfo) -> dict[str, Any]:
 def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "number": i.number,
-        "method": i.method,
-        "url": i.url,
-        "status": i.status,
+        "method": i.request.method,
+        "url": i.request.url,
+        "status": i.response.status,
         "events": i.events,
         "size": i.size,
         "ttfb_ms": i.ttfb_ms,
@@ -145,9 +145,9 @@ def interaction_text(i: StoredInteraction) -> str:
     took = f"took {i.duration_ms:.0f} ms" if i.duration_ms is not None else "no end"
     state = "complete" if i.complete else i.outcome.value.replace("_", " ")
     lines = [
-        f"#{i.number}  {i.method} {printable(i.url)}",
-        f"    {i.status}, {i.events} events, {size(i.size)}, first byte {i.ttfb_ms:.0f} ms, "
-        f"{took}, {state}; recorded {table_time(i.recorded_at)}",
+        f"#{i.number}  {i.request.method} {printable(i.request.url)}",
+        f"    {i.response.status}, {i.events} events, {size(i.size)}, "
+        f"first byte {i.ttfb_ms:.0f} ms, {took}, {state}; recorded {table_time(i.recorded_at)}",
     ]
     if i.error:
         lines.append(f"    {printable(i.error)}")

@@ -30,7 +30,6 @@ __all__ = [
     "MatchRules",
     "Sketch",
     "canonical",
-    "closest",
     "differences",
     "input_digest",
     "keyed",
@@ -110,13 +109,6 @@ def differences(wanted: Request, recorded: Request, rules: MatchRules) -> list[s
     sentences, then one saying how many more there are.
     """
     return capped(between(canonical(wanted, rules), canonical(recorded, rules)))
-
-
-def closest(
-    wanted: Request, candidates: Sequence[Request], rules: MatchRules
-) -> tuple[int, list[str]] | None:
-    """The index of the candidate most like `wanted`, and how they differ (`nearest`)."""
-    return nearest(canonical(wanted, rules), (canonical(c, rules) for c in candidates))
 
 
 def nearest(

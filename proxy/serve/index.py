@@ -13,9 +13,7 @@ have recorded it) before it is declared, and names the closest recording (see `n
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +60,6 @@ class Miss:
     log: str = "missed"  # what the log line says
 
 
-_QUERY_DIFFERENCE = re.compile(r'query param ("(?:[^"\\]|\\.)*"): ')
 _PRUNE_AT_LEAST = 256
 """Entries of a cassette not loaded yet, before the committed ones are pruned."""
 
@@ -80,7 +77,7 @@ class Index:
         self._prune_at: dict[str, int] = {}
         # The keys of the recordings held, by the digest of what the key is computed from.
         self._keys: dict[bytes, str] = {}
-        self._closest = Closest(engine, rules)
+        self._closest = Closest(engine, rules, self._redactor)
 
     def key(self, request: Request) -> str:
         known = self._keys.get(input_digest(request, self.rules))
@@ -284,27 +281,15 @@ class Index:
         log.debug("miss in cassette %r: the closest of %d recordings?", cassette, len(recorded))
         found = await self._closest.find(request, recorded)
         if found is None:
-            where = f"{request.method} {self._redactor.redact_url(request.url)}"
+            where = f"{request.method} {request.url}"
             return Miss(key, f"no recording for {where}: {await self._why_none(cassette)}")
-        near, diffs = found
-        # The message quotes the client's request and the closest recording as stored, and
-        # no value of a credential-like query parameter: a recording made under older or
-        # narrower redaction rules may still hold one.
-        shown = self._redactor.redact_url
+        near, diffs = found  # `request` is redacted, and `diffs` compare redacted forms
         return Miss(
             key,
-            f"no recording in cassette {cassette!r} for {request.method} {shown(request.url)}. "
-            f"The closest recorded request ({near.method} {shown(near.url)}) differs: "
-            + "; ".join(self._unquoted(d) for d in diffs),
+            f"no recording in cassette {cassette!r} for {request.method} {request.url}. "
+            f"The closest recorded request ({near.method} {self._redactor.redact_url(near.url)})"
+            " differs: " + "; ".join(diffs),
         )
-
-    def _unquoted(self, difference: str) -> str:
-        """A difference as a miss message may say it: the values of a credential-like
-        query parameter are not shown."""
-        match = _QUERY_DIFFERENCE.match(difference)
-        if match is None or not self._redactor.redacts_param(json.loads(match[1])):
-            return difference
-        return f"query param {match[1]}: the values differ (a credential: not shown)"
 
     async def _why_none(self, cassette: str) -> str:
         summaries = {s.name: s for s in await queries.summaries(self._engine)}

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.core.matching import Canonical, MatchRules, canonical, nearest, shortlist
 from proxy.core.records import Request
+from proxy.core.redact import Redactor
 from proxy.serve.entry import Entry, Row
 from proxy.store import queries
 
@@ -53,11 +54,14 @@ class _Parsed:
 
 
 class Closest:
-    """Finds the closest recording for a miss; keeps parsed bodies for the next one."""
+    """Finds the closest recording for a miss; keeps parsed bodies for the next one.
+    Recorded requests are compared as `redactor` redacts them: a recording made under older
+    or narrower rules quotes no credential in a miss message."""
 
-    def __init__(self, engine: AsyncEngine, rules: MatchRules):
+    def __init__(self, engine: AsyncEngine, rules: MatchRules, redactor: Redactor):
         self._engine = engine
         self.rules = rules
+        self._redactor = redactor
         self._parsed = _Parsed(PARSED_BYTES)
 
     async def find(self, request: Request, recorded: list[Entry]) -> tuple[Entry, list[str]] | None:
@@ -88,14 +92,14 @@ class Closest:
             if form is not None:
                 forms.append((entry, form))
             elif entry.body is not None:
-                forms.append((entry, entry.request(entry.body)))
+                forms.append((entry, self._redactor.request(entry.request(entry.body))))
             elif entry.interaction_id is not None:
                 unread.append(entry)
         if unread:
             ids = [e.interaction_id for e in unread if e.interaction_id is not None]
             bodies = await queries.request_bodies(self._engine, ids)
             forms += [
-                (e, e.request(bodies[e.interaction_id]))
+                (e, self._redactor.request(e.request(bodies[e.interaction_id])))
                 for e in unread
                 if e.interaction_id in bodies
             ]

@@ -57,18 +57,6 @@ class StoredInteraction:
     size: int  # bytes of the response body
 
     @property
-    def method(self) -> str:
-        return self.request.method
-
-    @property
-    def url(self) -> str:
-        return self.request.url
-
-    @property
-    def status(self) -> int:
-        return self.response.status
-
-    @property
     def complete(self) -> bool:
         return self.outcome.complete
 

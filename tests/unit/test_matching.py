@@ -11,7 +11,6 @@ from proxy.core.matching import (
     Candidate,
     MatchRules,
     canonical,
-    closest,
     differences,
     input_digest,
     keyed,
@@ -413,6 +412,14 @@ def test_rules_apply_to_both_sides() -> None:
 
 
 # -- closest -----------------------------------------------------------------------------
+
+
+def closest(
+    wanted: Request, candidates: list[Request], rules: MatchRules
+) -> tuple[int, list[str]] | None:
+    """`nearest` over plain requests: the index of the closest, and how they differ."""
+    return nearest(canonical(wanted, rules), (canonical(c, rules) for c in candidates))
+
 
 CANDIDATES = [
     req(method="GET", url="https://api.openai.com/v1/models", body=b""),
