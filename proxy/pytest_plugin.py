@@ -261,21 +261,21 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Upstreams:
-    """Where the proxy forwards: `upstream`, the routes by name (each under /NAME), and
-    the setting each came from, as the user wrote it (for the errors)."""
+    """Where the proxy forwards: `upstream`, and each route by name (requests under /NAME),
+    each as (URL, the setting it came from as the user wrote it, for the errors)."""
 
-    upstream: str
-    routes: dict[str, str]
-    labels: dict[str, str]  # "" for `upstream`, else the route's name
+    upstream: tuple[str, str]
+    routes: dict[str, tuple[str, str]]
 
     def settings_flags(self) -> dict[str, Any]:
         return {
-            "upstream": self.upstream,
-            "routes": {"/" + name: url for name, url in self.routes.items()},
+            "upstream": self.upstream[0],
+            "routes": {f"/{name}": url for name, (url, _) in self.routes.items()},
         }
 
     def settings_labels(self) -> tuple[tuple[str, str], ...]:
-        return tuple(((f"/{name}" if name else ""), label) for name, label in self.labels.items())
+        routes = tuple((f"/{name}", label) for name, (_, label) in self.routes.items())
+        return (("", self.upstream[1]), *routes)
 
 
 def _route(text: str, source: str) -> tuple[str, str]:
@@ -288,40 +288,31 @@ def _route(text: str, source: str) -> tuple[str, str]:
 
 def upstreams(item: pytest.Item) -> Upstreams:
     """Each upstream from the marker, else the command line, else the ini file, else the
-    default; and which of them it came from."""
+    default; with the setting it came from."""
     opts = _marker_options(item)
     config = item.config
-    upstream, label = DEFAULT_UPSTREAM, f"--rrproxy-upstream (default {DEFAULT_UPSTREAM})"
-    ini = str(config.getini("rrproxy_upstream") or "").strip()
-    if ini:
-        upstream, label = ini, "rrproxy_upstream in the ini file"
-    if config.getoption("rrproxy_upstream"):
-        upstream, label = config.getoption("rrproxy_upstream"), "--rrproxy-upstream"
-    if opts.get("upstream"):
-        upstream, label = opts["upstream"], "the rrproxy marker's upstream="
-    routes = dict(DEFAULT_ROUTES)
-    labels = {"": label} | {n: f"--rrproxy-route {n}=URL (default {u})" for n, u in routes.items()}
-    sources: list[tuple[str, list[tuple[str, str]]]] = [
-        ("rrproxy_routes in the ini file", []),
-        ("--rrproxy-route", []),
-    ]
+    upstream = (DEFAULT_UPSTREAM, f"--rrproxy-upstream (default {DEFAULT_UPSTREAM})")
+    for url, label in (
+        (config.getini("rrproxy_upstream"), "rrproxy_upstream in the ini file"),
+        (config.getoption("rrproxy_upstream"), "--rrproxy-upstream"),
+        (opts.get("upstream"), "upstream= in the rrproxy marker"),
+    ):
+        if url and str(url).strip():
+            upstream = (str(url).strip(), label)
+    routes = {n: (u, f"--rrproxy-route {n}=URL (default {u})") for n, u in DEFAULT_ROUTES.items()}
     for line in config.getini("rrproxy_routes"):
-        sources[0][1].append(_route(line, "rrproxy_routes"))
+        name, url = _route(line, "rrproxy_routes")
+        routes[name] = (url, f"rrproxy_routes {name}={url} in the ini file")
     for text in config.getoption("rrproxy_route"):
-        sources[1][1].append(_route(text, "--rrproxy-route"))
+        name, url = _route(text, "--rrproxy-route")
+        routes[name] = (url, f"--rrproxy-route {name}={url}")
     marked = opts.get("routes") or {}
     if not isinstance(marked, Mapping):
         raise pytest.UsageError("@pytest.mark.rrproxy: routes must be a dict {NAME: URL}")
-    sources.append(
-        ("the rrproxy marker's routes=", [_route(f"{n}={u}", "routes") for n, u in marked.items()])
-    )
-    for source, pairs in sources:
-        for name, url in pairs:
-            routes[name] = url
-            labels[name] = (
-                f"{source}[{name!r}]" if source.endswith("=") else f"{source} {name}={url}"
-            )
-    return Upstreams(upstream, routes, labels)
+    for key, value in marked.items():
+        name, url = _route(f"{key}={value}", "@pytest.mark.rrproxy(routes=...)")
+        routes[name] = (url, f"routes={{{name!r}: {url!r}}} in the rrproxy marker")
+    return Upstreams(upstream, routes)
 
 
 def _settings(item: pytest.Item, db: Path, directory: Path) -> tuple[Settings, Mode, str]:

@@ -307,9 +307,8 @@ def test_anthropic():
     )
     result = _run(project)
     result.assert_outcomes(failed=1)
-    assert "is it running, and is the rrproxy marker's routes=['anthropic'] right?" in (
-        result.stdout.str()
-    )
+    marker = f"routes={{'anthropic': '{nowhere}'}} in the rrproxy marker"
+    assert f"is it running, and is {marker} right?" in result.stdout.str()
 
 
 def test_a_miss_names_the_setting_that_moved_the_upstream(
@@ -352,6 +351,18 @@ def test_bad_routes_are_usage_errors(project: pytest.Pytester) -> None:
     result = _run(project, "--rrproxy-route", "anthropic=ftp://x")
     assert result.ret != 0
     assert "routes" in result.stdout.str() + result.stderr.str()
+    project.makepyfile(
+        test_x="""
+import pytest
+
+@pytest.mark.rrproxy(routes=["anthropic=http://127.0.0.1:1"])
+def test_x():
+    pass
+"""
+    )
+    result = _run(project)
+    assert result.ret != 0
+    assert "routes must be a dict {NAME: URL}" in result.stdout.str() + result.stderr.str()
 
 
 def test_a_replay_that_records_nothing_leaves_no_cassette_directory(
