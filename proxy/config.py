@@ -72,6 +72,9 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
+    # What errors call the setting behind `upstream` (prefix "") or a route (its prefix),
+    # for a front end with names of its own (the pytest plugin); else the config's names.
+    upstream_labels: tuple[tuple[str, str], ...] = ()
     admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
     # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
     hop_id: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)

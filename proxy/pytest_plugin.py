@@ -10,10 +10,19 @@ SQLite file, one per cassette directory and pytest process (so one per xdist wor
 
     --rrproxy-mode      record | replay | auto | passthrough; default replay when the CI
                         environment variable is set, auto otherwise
-    --rrproxy-upstream  where requests are forwarded (default https://api.openai.com)
+    --rrproxy-upstream  where requests are forwarded (default https://api.openai.com);
+                        ini `rrproxy_upstream`
+    --rrproxy-route NAME=URL  where requests under /NAME go (repeatable; default
+                        anthropic=https://api.anthropic.com); ini `rrproxy_routes`
 
     @pytest.mark.rrproxy(cassette="name", ignore_body_fields=[...], match_headers=[...],
-                         ignore_query_params=[...], upstream="...", mode="...")
+                         ignore_query_params=[...], upstream="...", routes={NAME: URL},
+                         mode="...")
+
+Each upstream comes from the marker, else the command line, else the ini file, else the
+default; an error about an upstream names the setting it came from. In replay mode an SDK
+key that is not set (`OPENAI_API_KEY`, `ANTHROPIC_API_KEY`) is set to a placeholder for the
+test, so that the SDKs start without a real key; a real key is never replaced.
 
 A marked test gets the proxy without asking for the fixture. A replay miss fails the test
 with the miss message (how the request differs from the closest recording), even when
@@ -38,10 +47,11 @@ from aiohttp import web
 from proxy.cassettes.file_format import SUFFIX
 from proxy.config import Mode, Settings, load_settings
 from proxy.core.matching import MatchRules
+from proxy.errors import ConfigError
 
 DEFAULT_UPSTREAM = "https://api.openai.com"
 ANTHROPIC_ROUTE = "/anthropic"
-ANTHROPIC_UPSTREAM = "https://api.anthropic.com"
+DEFAULT_ROUTES = {"anthropic": "https://api.anthropic.com"}  # one proxy for both SDKs
 START_TIMEOUT_S = 60.0
 MARKER_OPTIONS = (
     "cassette",
@@ -49,8 +59,13 @@ MARKER_OPTIONS = (
     "match_headers",
     "ignore_query_params",
     "upstream",
+    "routes",
     "mode",
 )
+PLACEHOLDER_KEY = "rrproxy-placeholder-key"
+# (the SDK's key variable, variables that stand for a key when set): a replay needs none,
+# but the SDKs refuse to start without one
+KEY_VARIABLES = (("OPENAI_API_KEY", ()), ("ANTHROPIC_API_KEY", ("ANTHROPIC_AUTH_TOKEN",)))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,17 +78,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--rrproxy-upstream",
-        default=DEFAULT_UPSTREAM,
+        default=None,
         metavar="URL",
         help=f"upstream the rrproxy fixture forwards to (default {DEFAULT_UPSTREAM})",
     )
+    group.addoption(
+        "--rrproxy-route",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="requests under /NAME go to URL (repeatable; default "
+        + ", ".join(f"{n}={u}" for n, u in DEFAULT_ROUTES.items())
+        + ")",
+    )
+    parser.addini("rrproxy_upstream", f"rrproxy's upstream (default {DEFAULT_UPSTREAM})")
+    parser.addini("rrproxy_routes", "rrproxy routes, NAME=URL a line", type="linelist")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "rrproxy(cassette=None, ignore_body_fields=(), match_headers=(), "
-        "ignore_query_params=(), upstream=None, mode=None): run the test through rrproxy "
+        "ignore_query_params=(), upstream=None, routes=None, mode=None): run the test "
+        "through rrproxy "
         "with these cassette and matching options",
     )
 
@@ -190,6 +217,10 @@ class RRProxy:
     def anthropic_base_url(self) -> str:
         return self.url + ANTHROPIC_ROUTE
 
+    def route_url(self, name: str) -> str:
+        """The base URL of a route (`--rrproxy-route NAME=URL`): requests under it go there."""
+        return f"{self.url}/{name.strip('/')}"
+
 
 class _Stores:
     """One temporary store per cassette directory, for this pytest process."""
@@ -228,27 +259,95 @@ def _marker_options(item: pytest.Item) -> dict[str, Any]:
     return dict(marker.kwargs)
 
 
+@dataclass(frozen=True)
+class Upstreams:
+    """Where the proxy forwards: `upstream`, and each route by name (requests under /NAME),
+    each as (URL, the setting it came from as the user wrote it, for the errors)."""
+
+    upstream: tuple[str, str]
+    routes: dict[str, tuple[str, str]]
+
+    def settings_flags(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream[0],
+            "routes": {f"/{name}": url for name, (url, _) in self.routes.items()},
+        }
+
+    def settings_labels(self) -> tuple[tuple[str, str], ...]:
+        routes = tuple((f"/{name}", label) for name, (_, label) in self.routes.items())
+        return (("", self.upstream[1]), *routes)
+
+
+def _route(text: str, source: str) -> tuple[str, str]:
+    name, sep, url = text.partition("=")
+    name = name.strip().strip("/")
+    if not sep or not name or not url.strip():
+        raise pytest.UsageError(f"{source}: {text!r} is not NAME=URL (anthropic=https://...)")
+    return name, url.strip()
+
+
+def upstreams(item: pytest.Item) -> Upstreams:
+    """Each upstream from the marker, else the command line, else the ini file, else the
+    default; with the setting it came from."""
+    opts = _marker_options(item)
+    config = item.config
+    upstream = (DEFAULT_UPSTREAM, f"--rrproxy-upstream (default {DEFAULT_UPSTREAM})")
+    for url, label in (
+        (config.getini("rrproxy_upstream"), "rrproxy_upstream in the ini file"),
+        (config.getoption("rrproxy_upstream"), "--rrproxy-upstream"),
+        (opts.get("upstream"), "upstream= in the rrproxy marker"),
+    ):
+        if url and str(url).strip():
+            upstream = (str(url).strip(), label)
+    routes = {n: (u, f"--rrproxy-route {n}=URL (default {u})") for n, u in DEFAULT_ROUTES.items()}
+    for line in config.getini("rrproxy_routes"):
+        name, url = _route(line, "rrproxy_routes")
+        routes[name] = (url, f"rrproxy_routes {name}={url} in the ini file")
+    for text in config.getoption("rrproxy_route"):
+        name, url = _route(text, "--rrproxy-route")
+        routes[name] = (url, f"--rrproxy-route {name}={url}")
+    marked = opts.get("routes") or {}
+    if not isinstance(marked, Mapping):
+        raise pytest.UsageError("@pytest.mark.rrproxy: routes must be a dict {NAME: URL}")
+    for key, value in marked.items():
+        name, url = _route(f"{key}={value}", "@pytest.mark.rrproxy(routes=...)")
+        routes[name] = (url, f"routes={{{name!r}: {url!r}}} in the rrproxy marker")
+    return Upstreams(upstream, routes)
+
+
 def _settings(item: pytest.Item, db: Path, directory: Path) -> tuple[Settings, Mode, str]:
     opts = _marker_options(item)
     config = item.config
     mode = default_mode(opts.get("mode") or config.getoption("rrproxy_mode"), os.environ)
     name = opts.get("cassette") or cassette_name(item)
+    where = upstreams(item)
     flags = {
-        "upstream": opts.get("upstream") or config.getoption("rrproxy_upstream"),
+        **where.settings_flags(),
         "mode": mode.value,
         "cassette": name,
         "db": str(db),
         "cassette_dir": str(directory),
-        # one proxy for both SDKs: Anthropic's calls arrive under their own prefix
-        "routes": {ANTHROPIC_ROUTE: ANTHROPIC_UPSTREAM},
     }
-    settings = load_settings(environ={}, flags=flags)
+    try:
+        settings = load_settings(environ={}, flags=flags)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"rrproxy: {exc}") from None
     rules = MatchRules(
         ignore_body_fields=tuple(opts.get("ignore_body_fields", ())),
         match_headers=tuple(opts.get("match_headers", ())),
         ignore_query_params=tuple(opts.get("ignore_query_params", ())),
     )
-    return replace(settings, matching=rules), mode, settings.cassette
+    settings = replace(settings, matching=rules, upstream_labels=where.settings_labels())
+    return settings, mode, settings.cassette
+
+
+def placeholder_keys(environ: Mapping[str, str]) -> list[str]:
+    """The SDK key variables to set to `PLACEHOLDER_KEY`: those with no key of their own."""
+    return [
+        name
+        for name, alternatives in KEY_VARIABLES
+        if not environ.get(name) and not any(environ.get(a) for a in alternatives)
+    ]
 
 
 @pytest.fixture
@@ -268,6 +367,9 @@ def rrproxy(
     try:
         monkeypatch.setenv("OPENAI_BASE_URL", proxy.url + "/v1")
         monkeypatch.setenv("ANTHROPIC_BASE_URL", proxy.url + ANTHROPIC_ROUTE)
+        if mode is Mode.REPLAY:  # nothing reaches an API: no key needed, none recorded
+            for variable in placeholder_keys(os.environ):
+                monkeypatch.setenv(variable, PLACEHOLDER_KEY)
         yield RRProxy(proxy.url, mode, name, directory / (name + SUFFIX), proxy.misses)
     finally:
         proxy.stop()

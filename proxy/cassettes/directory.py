@@ -18,6 +18,7 @@ never sees half a file. The content hashes of the files loaded and written are k
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -99,7 +100,7 @@ class CassetteDir:
         """Import each changed file; drop cassettes whose file is gone."""
         report = LoadReport()
         try:
-            await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+            files = await asyncio.to_thread(self._files)
         except OSError as exc:
             raise ConfigError(
                 f"cassette_dir = {str(self.path)!r}: cannot use it as a directory "
@@ -108,7 +109,7 @@ class CassetteDir:
         async with self._writer.connect() as conn:
             known = await maintenance.file_hashes(conn)
         present: set[str] = set()
-        for path in sorted(self.path.glob("*" + SUFFIX)):
+        for path in files:
             name = path.name.removesuffix(SUFFIX)
             try:
                 check_cassette_name(name)
@@ -129,6 +130,21 @@ class CassetteDir:
             report.removed.append(name)
         self._log(report)
         return report
+
+    def _files(self) -> list[Path]:
+        """The cassette files in the directory; none while it does not exist, as long as it
+        can be made: it is made when a first recording is written, so that a run that records
+        nothing (a replay in CI) leaves no empty directory behind."""
+        if self.path.exists():
+            if not self.path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return sorted(self.path.glob("*" + SUFFIX))
+        parent = next(p for p in self.path.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return []
 
     async def _load_file(
         self, path: Path, name: str, known: str | None, report: LoadReport
@@ -212,6 +228,7 @@ class CassetteDir:
                     "the store only, until a restart loads the file in their place (delete "
                     "the file instead to have it written anew)"
                 )
+        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
         with atomic_write(path) as f:
             out = _Hashing(f)
             await cassettes.export(

@@ -27,7 +27,7 @@ from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.entry import Entry
 from proxy.serve.relay import Tee, relay
 from proxy.serve.replay import replay
-from proxy.serve.routing import upstream_url
+from proxy.serve.routing import setting_name, upstream_url
 from proxy.serve.state import RunState, Services
 from proxy.serve.upstream import response_head, send
 
@@ -112,8 +112,18 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         return await _replay(call, found)
     if ctl.mode is Mode.REPLAY:
         _log(ctl, call.stored, 404, found.log, 0, t0)
-        raise ReplayMiss(found.message)
+        raise ReplayMiss(_naming_the_setting(found.message, request, services.settings))
     return await _forward(call, key=found.key)  # auto: record it
+
+
+def _naming_the_setting(message: str, request: web.Request, settings: Settings) -> str:
+    """A miss whose closest recording went to another upstream says which setting chose
+    this request's upstream: that setting may be what is wrong, not the cassette."""
+    setting = setting_name(request, settings)
+    differences = message.partition(" differs: ")[2]
+    if setting is None or not any(d.startswith("upstream: ") for d in differences.split("; ")):
+        return message
+    return f"{message}. This request's upstream is set by {setting}"
 
 
 async def _replay(call: _Call, entry: Entry) -> web.StreamResponse:
@@ -127,7 +137,12 @@ async def _replay(call: _Call, entry: Entry) -> web.StreamResponse:
 
 async def _forward(call: _Call, *, key: str | None) -> web.StreamResponse:
     """Forward upstream and relay the answer, recording it unless the mode is passthrough."""
-    upstream = await send(call.services.upstream, call.wanted, hops=call.request[FORWARD_HOPS])
+    upstream = await send(
+        call.services.upstream,
+        call.wanted,
+        hops=call.request[FORWARD_HOPS],
+        setting=setting_name(call.request, call.services.settings),
+    )
     head = response_head(upstream)
     record = None
     if call.ctl.mode is not Mode.PASSTHROUGH:
