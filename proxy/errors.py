@@ -120,6 +120,10 @@ class SecretsFound(RrproxyError, ValueError):
         self.findings = findings
 
 
+class RerecordError(RrproxyError, RuntimeError):
+    """`rrproxy rerecord` stopped before it wrote anything; the message says why."""
+
+
 class FileChanged(RrproxyError, FileExistsError):
     """A cassette file was changed by someone else: it is not overwritten."""
 
