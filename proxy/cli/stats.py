@@ -55,7 +55,9 @@ def stats_command(settings: Settings, args: argparse.Namespace) -> int:
     header = ["CASSETTE", "INTERACTIONS", "WITH USAGE", "INPUT", "OUTPUT", "CACHED", "US$"]
     print(output.table(header, table))
     print(f"each replay of these replays {total.text()}")
-    for line in total.no_price_lines():
+    if not settings.prices and total.with_usage:
+        print("no [prices] in the configuration: the money is not counted (config.example.toml)")
+    for line in total.no_price_lines() if settings.prices else ():
         print(line)
     return 0
 

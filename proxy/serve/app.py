@@ -144,7 +144,7 @@ async def run_report_ctx(app: web.Application) -> AsyncIterator[None]:
         log.error("could not sum up the run: %s", exc)
         return
     state.report.final = summary
-    log_summary(summary, strict=services.settings.strict)
+    log_summary(summary, strict=services.settings.strict, priced=bool(services.settings.prices))
 
 
 def create_app(settings: Settings) -> web.Application:

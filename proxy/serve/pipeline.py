@@ -165,7 +165,8 @@ def _check_age(call: _Call, entry: Entry, max_age: float, report: RunReport) -> 
     age = (datetime.now(UTC) - recorded_at).total_seconds()
     if age <= max_age:
         return
-    report.stale(call.ctl.cassette)
+    assert entry.interaction_id is not None
+    report.stale(call.ctl.cassette, entry.interaction_id)
     days = age / 86400
     what = (
         f"the recording of {call.stored.method} {_where(call.stored.url)} in cassette "

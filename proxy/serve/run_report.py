@@ -164,8 +164,11 @@ class RunReport:
         if interaction_id is not None:
             run.touched.add(interaction_id)
 
-    def stale(self, cassette: str) -> None:
-        self._of(cassette).stale += 1
+    def stale(self, cassette: str, interaction_id: int) -> None:
+        """A replay of a recording older than `max_age` (asked for: not unused)."""
+        run = self._of(cassette)
+        run.stale += 1
+        run.touched.add(interaction_id)
 
     async def summary(self, source: Source, active: str, prices: Prices) -> RunSummary:
         """The run so far: the cassettes it used (and the active one, if it is stored)."""
@@ -209,13 +212,14 @@ def _numbers(run: CassetteRun, tally: Tally) -> dict[str, Any]:
     }
 
 
-def log_summary(summary: RunSummary, *, strict: bool) -> None:
-    """The run in a few log lines (at shutdown): what it replayed, saved, and left unused."""
+def log_summary(summary: RunSummary, *, strict: bool, priced: bool) -> None:
+    """The run in a few log lines (at shutdown): what it replayed, saved, and left unused.
+    Models without a price are named only when there is a price table (`priced`)."""
     t = summary.tally
     served = sum(c["served"] for c in summary.cassettes.values())
     verified = sum(c["verified"] for c in summary.cassettes.values())
     log.info("run: %d replay(s), %d verified; replayed %s", served, verified, t.text())
-    for line in t.no_price_lines():
+    for line in t.no_price_lines() if priced else ():
         log.warning("%s", line)
     for problem in summary.problems:
         (log.error if strict else log.warning)("run: %s", problem)
