@@ -256,6 +256,7 @@ class _Session:
 
     unused: list[str] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
+    priced: bool = False  # a [prices] table was given: unpriced models are named
 
 
 _SESSION = pytest.StashKey[_Session]()
@@ -381,7 +382,16 @@ def _sum_up(item: pytest.Item, proxy: ProxyThread, report: pytest.TestReport) ->
         if items
     ]
     report.user_properties.append(
-        (_PROPERTY, json.dumps({"unused": unused, "replayed": summary.tally.json()}))
+        (
+            _PROPERTY,
+            json.dumps(
+                {
+                    "unused": unused,
+                    "replayed": summary.tally.json(),
+                    "priced": bool(proxy.settings.prices),
+                }
+            ),
+        )
     )
     problems = summary.problems
     strict = item.stash.get(_STRICT, False)
@@ -400,6 +410,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             return
         data = json.loads(str(value))
         session.unused.extend(data["unused"])
+        session.priced = session.priced or bool(data.get("priced"))
         r = data["replayed"]
         tally = Tally(
             r["interactions"],
@@ -441,5 +452,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         f"({tally.input_tokens:,} in, {tally.output_tokens:,} out, "
         f"{tally.cached_tokens:,} cached){money}"
     )
-    for model in sorted(tally.unpriced or {}):
+    for model in sorted(tally.unpriced or {}) if session.priced else ():
         terminalreporter.write_line(f"no price for model {model} (add it to [prices])")
