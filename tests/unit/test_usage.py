@@ -153,3 +153,17 @@ def test_a_tally_names_a_model_without_price_once() -> None:
 def test_bad_price_tables_name_the_model(table: object, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         parse_prices(table)
+
+
+def test_the_example_price_table_parses_once_uncommented() -> None:
+    """config.example.toml ships a dated price table, commented out: it must work as is."""
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text()
+    table = text[text.index('# [prices."gpt-4o"]') :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in table.splitlines())
+    prices = parse_prices(tomllib.loads(uncommented)["prices"])
+    assert price_for(prices, "gpt-4o-2024-08-06") == Price(2.5, 10.0, 1.25)
+    assert price_for(prices, "claude-sonnet-4-20250514") == Price(3.0, 15.0, 0.3)
+    assert "June 2025" in text  # dated
