@@ -155,6 +155,33 @@ class RunReport:
         run.touched.add(interaction_id)
         run.verdicts[found] += 1
 
+    def judge(
+        self,
+        cassette: str,
+        interaction_id: int,
+        recorded: str | None,
+        body_size: int,
+        sent: SentDigest,
+        *,
+        client_gone: bool,
+    ) -> Verdict:
+        """A replay has ended: was it faithful? Counted; an unfaithful one logged loudly.
+        `recorded`: the recorded body's sha256 (None when there is nothing to compare)."""
+        found = verdict(recorded, body_size, sent, client_gone=client_gone)
+        self.replayed(cassette, interaction_id, found)
+        if found is Verdict.MISMATCH:
+            log.error(
+                "BUG: the replay of interaction %d of cassette %r sent %d bytes (sha256 %s), "
+                "not the %d bytes recorded (sha256 %s); please report it with the cassette",
+                interaction_id,
+                cassette,
+                sent.size,
+                sent.hexdigest(),
+                body_size,
+                recorded,
+            )
+        return found
+
     def missed(self, cassette: str) -> None:
         self._of(cassette).missed += 1
 
