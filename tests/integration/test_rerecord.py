@@ -220,3 +220,30 @@ async def test_a_rerecord_killed_halfway_leaves_the_old_recordings(
     status, out, err = await rerecord("suite", cwd=tmp_path)  # and it can be run again
     assert status == 0, err
     assert "rerecorded 3 interaction(s)" in out
+
+
+async def test_with_a_cassette_directory_the_file_is_rewritten(
+    start_upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path, db_path: Path
+) -> None:
+    api = Api()
+    upstream = await start_upstream(api.app())
+    directory = tmp_path / "cassettes"
+    directory.mkdir()
+    proxy = await start_proxy(
+        upstream, mode="record", cassette="suite", cassette_dir=str(directory)
+    )
+    async with openai.AsyncOpenAI(
+        base_url=str(proxy.make_url("/v1")), api_key="sk-recording", max_retries=0
+    ) as client:
+        stream = await client.responses.create(model="gpt-4o", input="Say hello", stream=True)
+        [e async for e in stream]
+    await proxy.close()
+    file = directory / "suite.cassette.jsonl"
+    assert b"response.in_progress" in file.read_bytes()
+
+    api.version = 2
+    status, _, err = await rerecord("suite", "--cassette-dir", str(directory), cwd=tmp_path)
+    assert status == 0, err
+    text = file.read_text()
+    assert "response.queued" in text and "response.in_progress" not in text
+    assert "[REDACTED]" in text and KEY not in text  # the key sent is never written
