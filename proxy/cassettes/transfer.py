@@ -28,7 +28,7 @@ from proxy.core.records import Outcome, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
 from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
-from proxy.store import queries
+from proxy.store import ledger, queries
 from proxy.store.models import Cassette, Event, Interaction
 
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
@@ -367,10 +367,12 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             duration_ms=rec.duration_ms,
             event_count=len(rec.events),
             body_size=sum(len(e.data) for e in rec.events),
+            body_sha256=ledger.body_sha256(rec.events),
         )
         .returning(Interaction.id)
     )
     interaction_id = int(result.scalar_one())
+    await ledger.write_usage(conn, interaction_id, rec.response, rec.events, rec.outcome)
     if rec.events:
         await conn.execute(
             insert(Event),

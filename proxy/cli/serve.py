@@ -16,6 +16,7 @@ from proxy.cli.store import check_location
 from proxy.config import CONFIG_VARIABLE, Settings
 from proxy.errors import ConfigError
 from proxy.serve.app import create_app
+from proxy.serve.state import RUN
 
 log = logging.getLogger("proxy")
 
@@ -62,6 +63,12 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
             "choose another --port or --host"
         ) from exc
     log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
+    final = app[RUN].report.final
+    if settings.strict and final is not None and final.problems:
+        log.error(
+            "strict: the run had %d problem(s) (listed above); exit status 1", len(final.problems)
+        )
+        return 1
     return 0
 
 
