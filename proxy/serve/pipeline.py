@@ -19,9 +19,9 @@ from aiohttp import web
 
 from proxy.config import Mode, Pace, Settings, parse_pace
 from proxy.core.headers import NOT_FORWARDED, end_to_end
+from proxy.core.pieces import splitter_for
 from proxy.core.printable import printable
 from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
-from proxy.core.sse import framer_for
 from proxy.errors import BadRequest, ReplayMiss, RequestTimeout
 from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.entry import Entry
@@ -171,8 +171,9 @@ class _StartRecording:
         recording = services.recorder.begin(
             cassette, self.call.stored, redacted, self.ttfb, committed
         )
-        framer = framer_for(self.upstream.headers.get("Content-Type"))
-        return Tee(services.recorder, recording, framer, self.call.t0, ended)
+        headers = self.upstream.headers
+        splitter = splitter_for(headers.get("Content-Type"), headers.get("Content-Encoding"))
+        return Tee(services.recorder, recording, splitter, self.call.t0, ended)
 
 
 def _log(

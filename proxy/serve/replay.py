@@ -1,7 +1,9 @@
 """Replay: answer a request from a recording, byte for byte, at the chosen pace.
 
 The recorded status and headers come back as recorded, less hop-by-hop headers, with
-Content-Length recomputed; the body is exactly the recorded events. A recording whose
+Content-Length recomputed; the body is exactly the recorded events. At recorded pace each
+piece of an event goes out at the time it arrived (`proxy.core.pieces`); a large event is
+read a bounded page of parts at a time. A recording whose
 upstream broke mid-stream is replayed the same way: its events, then a broken connection.
 """
 
@@ -18,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.config import Pace
 from proxy.core.headers import end_to_end, get
+from proxy.core.pieces import decode, slices
 from proxy.core.records import Headers, Outcome, ResponseHead
 from proxy.serve.connection import break_connection
 from proxy.serve.entry import Entry
 from proxy.store import queries
 
-Page = list[tuple[float, bytes]]
+Page = queries.Page
 
 
 class Bodies:
@@ -44,7 +47,7 @@ class Bodies:
         """Drop one body: SQLite may give a deleted interaction's id to a new one."""
         dropped = self._cached.pop(interaction_id, None)
         if dropped is not None:
-            self._size -= sum(len(data) for _, data in dropped)
+            self._size -= sum(len(row[1]) for row in dropped)
 
     def clear(self) -> None:
         """Forget every cached body (the store may have changed under this process)."""
@@ -66,7 +69,7 @@ class Bodies:
         try:
             bodies = await queries.small_bodies(self._engine, cassette, self._small)
             for interaction_id, events in bodies.items():
-                self._keep(interaction_id, events, sum(len(d) for _, d in events))
+                self._keep(interaction_id, events, sum(len(row[1]) for row in events))
         finally:
             ready.set()
 
@@ -99,7 +102,7 @@ class Bodies:
         self._size += size
         while self._size > self._max_bytes:
             _, dropped = self._cached.popitem(last=False)
-            self._size -= sum(len(data) for _, data in dropped)
+            self._size -= sum(len(row[1]) for row in dropped)
 
 
 async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
@@ -159,11 +162,16 @@ async def replay(
         await response.prepare(request)
         async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
             if pace.factor is None:
-                await response.write(b"".join(data for _, data in page))
+                await response.write(b"".join(row[1] for row in page))
             else:
-                for t_ms, data in page:
-                    await wait_until(t_ms)
-                    await response.write(data)
+                for t_ms, data, pieces in page:
+                    if pieces is None:  # it arrived in one piece
+                        await wait_until(t_ms)
+                        await response.write(data)
+                        continue
+                    for t, piece in slices(data, decode(pieces, t_ms)):
+                        await wait_until(t)
+                        await response.write(piece)
             sent += len(page)
         if broken:
             break_connection(request)
@@ -194,7 +202,7 @@ async def _whole(
     events = await bodies.small_body(cassette, entry.interaction_id, entry.body_size)
     response = web.Response(
         status=entry.head.status,
-        body=b"".join(data for _, data in events),
+        body=b"".join(row[1] for row in events),
         headers=CIMultiDict(_replayed(entry.head)),
     )
     if chunked:
