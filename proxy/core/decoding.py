@@ -2,8 +2,9 @@
 
 rrproxy relays and stores a compressed body exactly as it came; it decodes a copy beside
 the relay only to see where the events of the decoded stream end (`proxy.core.pieces`)
-and, in `rrproxy show`, to display them. Memory is bounded: output comes in slices of at
-most `slice_bytes`, however much a small input expands (a "decompression bomb" too).
+and, in `rrproxy show`, to display them. Memory is bounded: output comes in slices of about
+`slice_bytes` (zlib: at most; brotli stops a little past it), however much a small input
+expands (a "decompression bomb" too).
 Pure code: bytes in, bytes out.
 
 Codings: `gzip` (`x-gzip`; several members one after the other too), `deflate` (zlib-wrapped
@@ -94,7 +95,7 @@ class _Brotli:
             out = d.process(data, output_buffer_limit=self._slice)
             if out:
                 yield out
-            while not d.can_accept_more_data() and not d.is_finished():
+            while not d.is_finished():  # what brotli still holds, a slice at a time
                 out = d.process(b"", output_buffer_limit=self._slice)
                 if not out:
                     break
