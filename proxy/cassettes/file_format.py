@@ -2,7 +2,7 @@
 
 UTF-8 JSON Lines, one object a line, "\\n" after each:
 
-    {"format": "rrproxy-cassette", "version": 1, "name": "hello-world", "interactions": 1}
+    {"format": "rrproxy-cassette", "version": 2, "name": "hello-world", "interactions": 1}
     {"request": {...}, "response": {...}, "complete": true, "outcome": "complete", ...}
     {"t": 380.5, "data": "event: response.created\\ndata: {...}\\n\\n"}
     {"t": 381.0, "b64": "..."}
