@@ -164,7 +164,7 @@ async def replay(
             if pace.factor is None:
                 await response.write(b"".join(row[1] for row in page))
             else:
-                for t_ms, data, pieces in page:
+                for t_ms, data, pieces, _ in page:
                     if pieces is None:  # it arrived in one piece
                         await wait_until(t_ms)
                         await response.write(data)
@@ -172,7 +172,7 @@ async def replay(
                     for t, piece in slices(data, decode(pieces, t_ms)):
                         await wait_until(t)
                         await response.write(piece)
-            sent += len(page)
+            sent += _events(page)
         if broken:
             break_connection(request)
         else:
@@ -212,7 +212,12 @@ async def _whole(
         await response.write_eof()
     except ConnectionError:
         pass  # the client hung up
-    return response, len(events)
+    return response, _events(events)
+
+
+def _events(page: Page) -> int:
+    """How many events begin in `page` (a large event is several rows)."""
+    return sum(not row[3] for row in page)
 
 
 _LENGTH = frozenset({"content-length"})

@@ -26,9 +26,10 @@ from proxy.errors import CassetteNotFound
 from proxy.store.models import Cassette, Event, Interaction
 
 Source = AsyncEngine | AsyncConnection
-Row = tuple[float, bytes, str | None]
-"""A stored part of the body: (offset in ms, bytes, pieces as stored or None): an event,
-or a part of a large one (`proxy.core.pieces`)."""
+Row = tuple[float, bytes, str | None, bool]
+"""A stored part of the body: (offset in ms, bytes, pieces as stored or None, whether it
+continues the event of the row before): an event, or a part of a large one
+(`proxy.core.pieces`)."""
 Page = list[Row]
 """Parts in order: the replay path's form, cheaper than `Event` objects."""
 PAGE_BYTES = 2**20
@@ -225,22 +226,15 @@ async def event_pages(
         rows, more = await _page(source, interaction_id, after, page, page_bytes)
         if not rows:
             return
-        yield [(r.t_ms, r.data, r.pieces) for r in rows]
+        yield [(r.t_ms, r.data, r.pieces, r.continues) for r in rows]
         after = rows[-1].seq
 
 
-async def event_rows(source: Source, interaction_id: int) -> AsyncIterator[tuple[Row, bool]]:
-    """An interaction's stored parts in order, each with whether it continues the event of
-    the one before."""
-    after = -1
-    more = True
-    while more:
-        rows, more = await _page(source, interaction_id, after, 256, PAGE_BYTES)
-        for r in rows:
-            yield (r.t_ms, r.data, r.pieces), bool(r.continues)
-        if not rows:
-            return
-        after = rows[-1].seq
+async def event_rows(source: Source, interaction_id: int) -> AsyncIterator[Row]:
+    """An interaction's stored parts in order."""
+    async for page in event_pages(source, interaction_id):
+        for row in page:
+            yield row
 
 
 async def events(source: Source, interaction_id: int) -> list[EventRecord]:
@@ -254,7 +248,7 @@ async def events(source: Source, interaction_id: int) -> list[EventRecord]:
             found.append(EventRecord(t_ms, data, pieces))
             parts.clear()
 
-    async for (t_ms, data, text), continues in event_rows(source, interaction_id):
+    async for t_ms, data, text, continues in event_rows(source, interaction_id):
         if not continues:
             flush()
         parts.append((data, t_ms, None if text is None else decode(text, t_ms)))
@@ -266,7 +260,7 @@ async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int
     """The events of every finished interaction of a cassette whose body is `max_size` bytes
     or less, by interaction id, in order."""
     stmt = (
-        select(Event.interaction_id, Event.t_ms, Event.data, Event.pieces)
+        select(Event.interaction_id, Event.t_ms, Event.data, Event.pieces, Event.continues)
         .join(Interaction)
         .join(Cassette)
         .where(
@@ -279,7 +273,9 @@ async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int
     bodies: dict[int, Page] = {}
     async with connected(source) as conn:
         for row in await conn.execute(stmt):
-            bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data, row.pieces))
+            bodies.setdefault(row.interaction_id, []).append(
+                (row.t_ms, row.data, row.pieces, row.continues)
+            )
     return bodies
 
 
