@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(120)
 def test_the_fidelity_entry_measures_every_piece_of_every_stream(tmp_path: Path) -> None:
     out = tmp_path / "fidelity.json"
+    argv = [sys.executable, "-m", "bench", "fidelity", "--repeat", "1", "--events", "3"]
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "fidelity", "--repeat", "1", "--events", "3"]
-        + ["--json-out", str(out)],
+        [*argv, "--json-out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
