@@ -60,6 +60,8 @@ SAMPLES = {
     "lone surrogate in a header": [recorded(headers=(("X-Odd", "caf\udce9"),))],
     "line separators in text": [recorded(events=(Event(1.0, "a\u2028b\u0085c\r\n".encode()),))],
     "several": [recorded(), recorded(body=b"second"), recorded(events=())],
+    "pieces": [recorded(events=(Event(9.5, b"data: hello\n\n", ((0, 1.25), (8, 9.5))),))],
+    "pieces of bytes": [recorded(events=(Event(3.0, b"\xff\xfe\x00", ((0, 1.0), (1, 2.0))),))],
     "none": [],
 }
 
@@ -168,6 +170,20 @@ BAD: dict[str, tuple[list[str], int, str]] = {
         "expected an event",
     ),
     "event for interaction": ([HEADER, HEAD, EV1, EV2, EV2], 5, "expected an interaction"),
+    # pieces (version 2): where each piece of an event starts, and when it arrived
+    "pieces in version 1": (
+        [_with(HEADER, version=1), HEAD, _with(EV1, pieces=[[0, 1.0]]), EV2],
+        3,
+        "unknown field 'pieces'",
+    ),
+    "pieces not pairs": ([HEADER, HEAD, _with(EV1, pieces=[[0]]), EV2], 3, "[offset, t_ms] pairs"),
+    "pieces of text": ([HEADER, HEAD, _with(EV1, pieces=[["0", 1]]), EV2], 3, "pairs of numbers"),
+    "pieces empty": ([HEADER, HEAD, _with(EV1, pieces=[]), EV2], 3, "one piece or more"),
+    "piece not at 0": ([HEADER, HEAD, _with(EV1, pieces=[[2, 1.0]]), EV2], 3, "offset 0"),
+    "pieces back": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [5, 2], [3, 3]]), EV2], 3, "rise"),
+    "piece past the end": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [999, 2]]), EV2], 3, "999"),
+    "piece after t": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [3, 99]]), EV2], 3, "time 99"),
+    "pieces back in time": ([HEADER, HEAD, _with(EV1, pieces=[[0, 5], [3, 1]]), EV2], 3, "rise"),
     "too many interactions": ([_with(HEADER, interactions=0), HEAD, EV1, EV2], 2, "one more"),
     "too few interactions": ([_with(HEADER, interactions=2), HEAD, EV1, EV2], 4, "announces 2"),
     "blank line": ([HEADER, "", HEAD, EV1, EV2], 2, "empty line"),
