@@ -70,10 +70,8 @@ def encode(pieces: Pieces | None) -> str | None:
     return json.dumps([[o, t] for o, t in pieces], separators=(",", ":"))
 
 
-def decode(text: str | None, t_ms: float) -> Pieces:
-    """Stored pieces back (a part without any: one piece at its time)."""
-    if text is None:
-        return ((0, t_ms),)
+def decode(text: str) -> Pieces:
+    """Stored pieces back (`encode`)."""
     return tuple((int(o), float(t)) for o, t in json.loads(text))
 
 

@@ -169,7 +169,7 @@ async def replay(
                         await wait_until(t_ms)
                         await response.write(data)
                         continue
-                    for t, piece in slices(data, decode(pieces, t_ms)):
+                    for t, piece in slices(data, decode(pieces)):
                         await wait_until(t)
                         await response.write(piece)
             sent += _events(page)

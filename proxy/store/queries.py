@@ -251,7 +251,7 @@ async def events(source: Source, interaction_id: int) -> list[EventRecord]:
     async for t_ms, data, text, continues in event_rows(source, interaction_id):
         if not continues:
             flush()
-        parts.append((data, t_ms, None if text is None else decode(text, t_ms)))
+        parts.append((data, t_ms, None if text is None else decode(text)))
     flush()
     return found
 

@@ -205,3 +205,31 @@ def test_what_is_not_decoded() -> None:
     assert decoding.decoded("identity", [b"x"]) is None
     assert decoding.decoded("gzip, br", [b"x"]) is None
     assert decoding.decoded("gzip", [b"garbage"]) is None
+
+
+def test_an_empty_chunk_is_nothing() -> None:
+    assert splitter_for(SSE, None).feed(b"", 1.0) == []
+    assert splitter_for(SSE, "gzip").feed(b"", 1.0) == []
+
+
+def test_a_long_decoded_event_is_not_held_to_find_its_end() -> None:
+    """Only the end of a decoded event matters: its bytes are let go as it grows."""
+    long = b"data: " + b"x" * 200_000
+    chunks = _gzip_flushed([long, b"\n\n"])
+    parts = feed_all(splitter_for(SSE, "gzip"), [(c, float(i)) for i, c in enumerate(chunks)])
+    assert [p.data for p in parts] == [chunks[0] + chunks[1]]
+    assert decoding.decoded("gzip", [parts[0].data]) == [long + b"\n\n"]
+
+
+def test_deflate_whose_first_chunk_is_one_byte() -> None:
+    data = zlib.compress(b"data: 1\n\n")
+    assert decoding.decoded("deflate", [data[:1], data[1:]]) == [b"", b"data: 1\n\n"]
+
+
+def test_bytes_after_the_end_of_a_deflate_or_br_stream_are_let_be() -> None:
+    assert decoding.decoded("deflate", [zlib.compress(b"a") + b"tail", b"more"]) == [b"a", b""]
+    assert decoding.decoded("br", [brotli.compress(b"a"), b""]) == [b"a", b""]
+
+
+def test_br_that_does_not_decode() -> None:
+    assert decoding.decoded("br", [b"\xff" * 20]) is None
