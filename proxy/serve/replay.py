@@ -1,10 +1,10 @@
 """Replay: answer a request from a recording, byte for byte, at the chosen pace.
 
 The recorded status and headers come back as recorded, less hop-by-hop headers, with
-Content-Length recomputed; the body is exactly the recorded events. At recorded pace each
-piece of an event goes out at the time it arrived (`proxy.core.pieces`); a large event is
-read a bounded page of parts at a time. A recording whose
+Content-Length recomputed; the body is exactly the recorded events. A recording whose
 upstream broke mid-stream is replayed the same way: its events, then a broken connection.
+At recorded pace (or a factor of it) each piece of an event goes out at the time it
+arrived (`proxy.core.pieces`); a large body is read a page of about a MiB at a time.
 """
 
 from __future__ import annotations
