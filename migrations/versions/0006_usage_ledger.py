@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_usage_ledger"
-down_revision: str | None = "0003"
+down_revision: str | None = "0005_event_pieces"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

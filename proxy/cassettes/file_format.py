@@ -1,11 +1,12 @@
-"""The portable cassette file (`NAME.cassette.jsonl`): records ↔ lines, version 1.
+"""The portable cassette file (`NAME.cassette.jsonl`): records ↔ lines, version 2.
 
 UTF-8 JSON Lines, one object a line, "\\n" after each:
 
-    {"format": "rrproxy-cassette", "version": 1, "name": "hello-world", "interactions": 1}
+    {"format": "rrproxy-cassette", "version": 2, "name": "hello-world", "interactions": 1}
     {"request": {...}, "response": {...}, "complete": true, "outcome": "complete", ...}
     {"t": 380.5, "data": "event: response.created\\ndata: {...}\\n\\n"}
     {"t": 381.0, "b64": "..."}
+    {"t": 402.7, "data": "data: {...}\n\n", "pieces": [[0, 390.1], [17, 402.7]]}
 
 A header, then for each interaction one line for the request and response head followed
 by one line per event. Text is stored as text (a body or an event that is valid UTF-8);
@@ -16,7 +17,12 @@ Python's shortest round-trip form, so writing what was read gives the same bytes
 The counts (`interactions` in the header, `events` on each interaction line) make a file
 cut at any line boundary fail to read, as a file cut inside a line does.
 
-Reading checks every line, refuses what version 1 does not know (vcrpy `serialize.py`,
+`pieces` (version 2; omitted for an event that arrived in one piece at its time, so an
+event line of version 1 is written as it was) says where each piece the event arrived in
+starts in its bytes and when it arrived (`proxy.core.pieces`): a replay at recorded pace
+sends each piece at its time. Version 1 files (no `pieces`) are read as they are.
+
+Reading checks every line, refuses what version 2 does not know (vcrpy `serialize.py`,
 mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -32,6 +39,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from proxy.cassettes.lines import TOKEN, Fields, Lines, parse_object
+from proxy.core.pieces import Pieces, normal
 from proxy.core.records import (
     CASSETTE_FILE_SUFFIX,
     Event,
@@ -42,7 +50,9 @@ from proxy.core.records import (
 )
 
 FORMAT = "rrproxy-cassette"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The versions read: 1 has no `pieces`."""
 SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -77,6 +87,7 @@ class Recorded:
 class Header:
     name: str
     interactions: int
+    version: int = VERSION
 
 
 def file_name(cassette: str) -> str:
@@ -115,7 +126,14 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
         }
     )
     for event in rec.events:
-        yield _line({"t": event.t_ms, **_bytes_field("data", "b64", event.data)})
+        yield event_line(event)
+
+
+def event_line(event: Event) -> bytes:
+    obj: dict[str, Any] = {"t": event.t_ms, **_bytes_field("data", "b64", event.data)}
+    if event.pieces is not None:
+        obj["pieces"] = [[offset, t] for offset, t in event.pieces]
+    return _line(obj)
 
 
 def dump(name: str, interactions: Iterable[Recorded]) -> bytes:
@@ -156,7 +174,8 @@ def read(
 ) -> Iterator[Header | Recorded]:
     """The header, then each interaction with its events; raises `CassetteFileError` at the
     first wrong line (an interaction is yielded only once all its events are read)."""
-    lines = Lines(stream, source, max_line, f"this rrproxy reads cassette format version {VERSION}")
+    hint = f"this rrproxy reads cassette format versions 1 to {VERSION}"
+    lines = Lines(stream, source, max_line, hint)
     first = lines.next()
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
@@ -183,7 +202,7 @@ def read(
                     f"the file ends after {len(events)} of the {expected} events that the "
                     f"interaction on line {at} announces (a truncated file?)"
                 )
-            events.append(_event(parse_object(text, lines), lines))
+            events.append(_event(parse_object(text, lines), lines, header.version))
         count += 1
         yield replace(head, events=tuple(events))
     if count < header.interactions:
@@ -214,8 +233,8 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
             "upgrade rrproxy"
         )
     f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
-    if f.get("version", int) != VERSION:
-        raise f.fail("version", f"must be {VERSION}")
+    if f.get("version", int) not in READS:
+        raise f.fail("version", f"must be one of {', '.join(map(str, READS))}")
     try:
         name = check_cassette_name(f.get("name", str))
     except ValueError as exc:
@@ -223,7 +242,7 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     interactions = f.get("interactions", int)
     if interactions < 0:
         raise f.fail("interactions", "must be 0 or more")
-    return Header(name, interactions)
+    return Header(name, interactions, f.get("version", int))
 
 
 def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
@@ -310,13 +329,43 @@ def _recorded_at(f: Fields) -> datetime:
     return utc
 
 
-def _event(obj: dict[str, Any], lines: Lines) -> Event:
+def _event(obj: dict[str, Any], lines: Lines, version: int = VERSION) -> Event:
     if "request" in obj:
         raise lines.error(
             "expected an event line, found an interaction line (the previous interaction "
             "announces more events than it has)"
         )
-    f = Fields(obj, "event: ", lines, ("t", "data", "b64"))
+    f = Fields(obj, "event: ", lines, ("t", "data", "b64", "pieces")[: 3 if version < 2 else 4])
     t = f.number("t")
     assert t is not None
-    return Event(t, f.data("data", "b64"))
+    data = f.data("data", "b64")
+    raw = f.get("pieces", list, optional=True)
+    return Event(t, data, None if raw is None else _pieces(f, raw, t, len(data)))
+
+
+def _pieces(f: Fields, raw: list[Any], t: float, size: int) -> Pieces | None:
+    """`[[offset, t_ms], ...]`: offsets from 0, rising, inside the event's bytes; times
+    rising, none after the event's `t`."""
+    pieces: list[tuple[int, float]] = []
+    for item in raw:
+        if not (
+            isinstance(item, list)
+            and len(item) == 2
+            and isinstance(item[0], int)
+            and not isinstance(item[0], bool)
+            and isinstance(item[1], int | float)
+            and not isinstance(item[1], bool)
+            and math.isfinite(item[1])
+        ):
+            raise f.fail("pieces", "must be a list of [offset, t_ms] pairs of numbers")
+        offset, at = item[0], float(item[1])
+        if not pieces and offset != 0:
+            raise f.fail("pieces", "must start with a piece at offset 0")
+        if pieces and not pieces[-1][0] < offset < size:
+            raise f.fail("pieces", f"has offset {offset}: offsets rise, within the event's bytes")
+        if at < (pieces[-1][1] if pieces else 0) or at > t:
+            raise f.fail("pieces", f"has time {at}: times rise, from 0 to the event's 't'")
+        pieces.append((offset, at))
+    if not pieces:
+        raise f.fail("pieces", "must hold one piece or more (or be left out)")
+    return normal(pieces, t)

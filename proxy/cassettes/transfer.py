@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes.file_format import Header, Recorded
 from proxy.cassettes.files import open_regular
+from proxy.core.pieces import encode, split
 from proxy.core.records import Outcome, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
@@ -373,11 +374,23 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
     )
     interaction_id = int(result.scalar_one())
     await ledger.write_usage(conn, interaction_id, rec.response, rec.events, rec.outcome)
-    if rec.events:
-        await conn.execute(
-            insert(Event),
-            [
-                {"interaction_id": interaction_id, "seq": i, "t_ms": e.t_ms, "data": e.data}
-                for i, e in enumerate(rec.events)
-            ],
-        )
+    rows: list[dict[str, Any]] = []
+    seq = 0
+    for event in rec.events:  # a large event in parts, as recording stores it
+        for part in split(event.data, event.t_ms, event.pieces):
+            rows.append(
+                {
+                    "interaction_id": interaction_id,
+                    "seq": seq,
+                    "t_ms": part.t_ms,
+                    "data": part.data,
+                    "pieces": encode(part.pieces),
+                    "continues": part.continues,
+                }
+            )
+            seq += 1
+            if len(rows) == 64:  # bounded statements: a part may be a MiB
+                await conn.execute(insert(Event), rows)
+                rows = []
+    if rows:
+        await conn.execute(insert(Event), rows)

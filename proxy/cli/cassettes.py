@@ -17,6 +17,7 @@ from typing import IO
 from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.file_format import file_name
 from proxy.cli import interchange, output
+from proxy.cli.event_view import shown_events
 from proxy.cli.store import Store, run
 from proxy.config import Settings
 from proxy.core.records import Event
@@ -72,8 +73,8 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
     for info, evs in shown:
         print()
         print(output.interaction_text(info))
-        for event in evs:
-            print(output.event_text(event))
+        for text in shown_events(info.response.headers, evs, full=args.full, pieces=args.pieces):
+            print(text)
     return 0
 
 

@@ -181,6 +181,14 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     show.add_argument("name", type=_cassette_name, metavar="NAME")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("--no-events", action="store_true", help="interactions only")
+    show.add_argument(
+        "--full", action="store_true", help="every event whole (long ones are cut by default)"
+    )
+    show.add_argument(
+        "--pieces",
+        action="store_true",
+        help="the time of each piece an event arrived in (with --json: always there)",
+    )
 
     export = command(
         "export",

@@ -136,9 +136,12 @@ def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) ->
 
 def event_json(event: Event) -> dict[str, Any]:
     try:
-        return {"t": event.t_ms, "data": event.data.decode("utf-8")}
+        obj: dict[str, Any] = {"t": event.t_ms, "data": event.data.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"t": event.t_ms, "b64": base64.b64encode(event.data).decode("ascii")}
+        obj = {"t": event.t_ms, "b64": base64.b64encode(event.data).decode("ascii")}
+    if event.pieces is not None:  # as the cassette file has them
+        obj["pieces"] = [[offset, t] for offset, t in event.pieces]
+    return obj
 
 
 def interaction_text(i: StoredInteraction) -> str:

@@ -58,8 +58,11 @@ class ResponseHead:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    t_ms: float  # offset from the request's start
+    t_ms: float  # offset from the request's start (of its last piece)
     data: bytes
+    pieces: tuple[tuple[int, float], ...] | None = None
+    """(offset in `data`, time in ms) of each piece it arrived in, when more than one
+    (`proxy.core.pieces`)."""
 
 
 CASSETTE_FILE_SUFFIX = ".cassette.jsonl"
@@ -105,6 +108,7 @@ class Recording:
     on_committed: Callable[[Recording], None] | None = None
     events: int = 0
     size: int = 0
+    rows: int = 0  # parts written: an event larger than a part is several rows
     outcome: Outcome = Outcome.RECORDING
     error: str | None = None
     duration_ms: float | None = None

@@ -102,8 +102,12 @@ class UsageMeter:
         self._body: list[bytes] = []
         self._size = 0
 
-    def feed(self, event: bytes) -> None:
+    def feed(self, event: bytes, whole: bool = True) -> None:
+        """`event`'s bytes; `whole` is false for a part of a large event (not an SSE or
+        NDJSON event to read, but a part of a JSON body to join)."""
         kind = self._kind
+        if kind != "json" and not whole:
+            return
         if kind == "sse":
             if _has_usage(event) or (self._model is None and b'"model"' in event):
                 self._payload(json_object(sse_fields(event)[1]))

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from proxy.config import Mode, Pace, Settings, parse_pace
 from proxy.core.headers import NOT_FORWARDED, end_to_end
+from proxy.core.pieces import splitter_for
 from proxy.core.printable import printable
 from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
-from proxy.core.sse import framer_for
 from proxy.core.usage import UsageMeter
 from proxy.errors import BadRequest, ReplayMiss, RequestTimeout, StaleRecording
 from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
@@ -239,10 +239,10 @@ class _StartRecording:
         recording = services.recorder.begin(
             cassette, self.call.stored, redacted, self.ttfb, committed
         )
-        content_type = self.upstream.headers.get("Content-Type")
-        framer = framer_for(content_type)
-        meter = UsageMeter(content_type, self.upstream.headers.get("Content-Encoding"))
-        return Tee(services.recorder, recording, framer, self.call.t0, ended, meter)
+        headers = self.upstream.headers
+        splitter = splitter_for(headers.get("Content-Type"), headers.get("Content-Encoding"))
+        meter = UsageMeter(headers.get("Content-Type"), headers.get("Content-Encoding"))
+        return Tee(services.recorder, recording, splitter, self.call.t0, ended, meter)
 
 
 def _log(

@@ -33,14 +33,14 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import count, repeat
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.core.pieces import Part, encode
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.batch_writer import BatchWriter
-from proxy.store.writes import Batch, busy, refused
+from proxy.store.writes import Batch, EventRow, busy, refused
 
 log = logging.getLogger(__name__)
 
@@ -106,19 +106,29 @@ class Recorder:
         return rec
 
     def events(self, rec: Recording, t_ms: float, events: list[bytes]) -> None:
-        """Events that arrived together (one chunk), in order."""
-        seq, size = rec.events, sum(map(len, events))
-        rec.events += len(events)
+        """Events that arrived together (one chunk), in order, each whole and in one piece."""
+        self.parts(rec, [Part(event, t_ms, None) for event in events])
+
+    def parts(self, rec: Recording, parts: list[Part]) -> None:
+        """Parts of the body (`proxy.core.pieces`), in order: whole events, or parts of a
+        large one, each with the pieces it arrived in."""
+        seq = rec.rows
+        size = 0
+        rows: list[EventRow] = []
+        for part in parts:
+            size += len(part.data)
+            rows.append((rec, seq, part.t_ms, part.data, encode(part.pieces), part.continues))
+            seq += 1
+            if not part.continues:
+                rec.events += 1
+        rec.rows = seq
         rec.size += size
         if not rec.dropped:
             pending = self._pending
-            if len(events) == 1:  # the usual chunk: one event
-                pending.events.append((rec, seq, t_ms, events[0]))
-            else:
-                pending.events.extend(zip(repeat(rec), count(seq), repeat(t_ms), events))
+            pending.events.extend(rows)
             pending.size += size
             pending.sizes[rec] = pending.sizes.get(rec, 0) + size
-            self._queued(len(events))
+            self._queued(len(rows))
             if pending.size > self.batch_bytes:
                 self._hurry.set()
             if pending.size > self._max_pending and self._refusing:

@@ -1,7 +1,8 @@
 """Relaying an upstream response to the client while it streams, teeing it to the recorder.
 
 Each chunk is written to the client the moment it arrives; when a `Tee` is given, the same
-chunk is also split into events and handed to the recorder, which takes them without
+chunk is also split into events (the pieces of each with their times, a large event in
+parts: `proxy.core.pieces`) and handed to the recorder, which takes them without
 waiting (only a store more than its high-water mark behind this recording makes the relay
 wait).
 A client that hangs up stops the writing, not the reading: the upstream response is still
@@ -20,17 +21,14 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from proxy.core.pieces import Part, Splitter
 from proxy.core.records import Outcome, Recording, ResponseHead
-from proxy.core.sse import Framer
 from proxy.core.usage import UsageMeter
 from proxy.serve.connection import break_connection
 from proxy.serve.recorder import Recorder
 from proxy.serve.upstream import describe
 
 log = logging.getLogger(__name__)
-
-MAX_EVENT_BYTES = 32 * 2**20
-"""An event still open past this size is stored in parts (the body stays byte-exact)."""
 
 
 @dataclass
@@ -39,7 +37,7 @@ class Tee:
 
     recorder: Recorder
     recording: Recording
-    framer: Framer
+    splitter: Splitter
     t0: float  # loop time at the request's start
     on_end: Callable[[Outcome], None] | None = None
     meter: UsageMeter | None = None  # reads the answer's token usage off its events
@@ -53,28 +51,27 @@ class Tee:
 
     def feed(self, chunk: bytes) -> None:
         self._sha256.update(chunk)
-        events = self.framer.feed(chunk)
-        if self.framer.buffered > MAX_EVENT_BYTES:  # an event without end: keep memory flat
-            events.append(self.framer.spill())
-        if events:
-            self.recorder.events(self.recording, self._ms(), events)
-            if self.meter is not None:
-                for event in events:
-                    self.meter.feed(event)
+        if parts := self.splitter.feed(chunk, self._ms()):
+            self.recorder.parts(self.recording, parts)
+            self._meter(parts)
 
     def end(self, outcome: Outcome, error: str | None = None) -> None:
         t = self._ms()
-        if rest := self.framer.close():
-            self.recorder.events(self.recording, t, rest)
-            if self.meter is not None:
-                for event in rest:
-                    self.meter.feed(event)
+        if rest := self.splitter.close():
+            self.recorder.parts(self.recording, rest)
+            self._meter(rest)
         self.recording.body_sha256 = self._sha256.hexdigest()
         if self.meter is not None and outcome.complete:
             self.recording.usage = self.meter.result()
         self.recorder.end(self.recording, outcome, t, error)
         if self.on_end is not None:
             self.on_end(outcome)
+
+    def _meter(self, parts: list[Part]) -> None:
+        """The usage meter reads whole events (a JSON body: every part, to join at its end)."""
+        if self.meter is not None:
+            for part in parts:
+                self.meter.feed(part.data, whole=part.ends and not part.continues)
 
 
 @dataclass(frozen=True)

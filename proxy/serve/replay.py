@@ -3,6 +3,8 @@
 The recorded status and headers come back as recorded, less hop-by-hop headers, with
 Content-Length recomputed; the body is exactly the recorded events. A recording whose
 upstream broke mid-stream is replayed the same way: its events, then a broken connection.
+At recorded pace (or a factor of it) each piece of an event goes out at the time it
+arrived (`proxy.core.pieces`); a large body is read a page of about a MiB at a time.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.config import Pace
 from proxy.core.headers import end_to_end, get
+from proxy.core.pieces import decode, slices
 from proxy.core.records import Headers, Outcome, ResponseHead
 from proxy.serve.connection import break_connection
 from proxy.serve.entry import Entry
 from proxy.store import queries
 
-Page = list[tuple[float, bytes]]
+Page = queries.Page
 
 
 class Bodies:
@@ -44,7 +47,7 @@ class Bodies:
         """Drop one body: SQLite may give a deleted interaction's id to a new one."""
         dropped = self._cached.pop(interaction_id, None)
         if dropped is not None:
-            self._size -= sum(len(data) for _, data in dropped)
+            self._size -= sum(len(row[1]) for row in dropped)
 
     def clear(self) -> None:
         """Forget every cached body (the store may have changed under this process)."""
@@ -66,7 +69,7 @@ class Bodies:
         try:
             bodies = await queries.small_bodies(self._engine, cassette, self._small)
             for interaction_id, events in bodies.items():
-                self._keep(interaction_id, events, sum(len(d) for _, d in events))
+                self._keep(interaction_id, events, sum(len(row[1]) for row in events))
         finally:
             ready.set()
 
@@ -99,7 +102,7 @@ class Bodies:
         self._size += size
         while self._size > self._max_bytes:
             _, dropped = self._cached.popitem(last=False)
-            self._size -= sum(len(data) for _, data in dropped)
+            self._size -= sum(len(row[1]) for row in dropped)
 
 
 async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
@@ -132,7 +135,7 @@ async def replay(
     bodies: Bodies,
     pace: Pace,
     t0: float,
-    on_sent: Callable[[bytes], object] | None = None,
+    on_sent: Callable[[bytes | memoryview], object] | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Serve `entry` (in the store: `entry.committed` is set); returns the response and the
     number of events sent. `on_sent` sees every body byte written to the client, in order
@@ -169,15 +172,21 @@ async def replay(
         await response.prepare(request)
         async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
             if pace.factor is None:
-                joined = b"".join(data for _, data in page)
+                joined = b"".join(row[1] for row in page)
                 await response.write(joined)
                 on_sent(joined)
             else:
-                for t_ms, data in page:
-                    await wait_until(t_ms)
-                    await response.write(data)
-                    on_sent(data)
-            sent += len(page)
+                for t_ms, data, pieces, _ in page:
+                    if pieces is None:  # it arrived in one piece
+                        await wait_until(t_ms)
+                        await response.write(data)
+                        on_sent(data)
+                        continue
+                    for t, piece in slices(data, decode(pieces)):
+                        await wait_until(t)
+                        await response.write(piece)
+                        on_sent(piece)
+            sent += _events(page)
         if broken:
             break_connection(request)
         else:
@@ -198,7 +207,7 @@ async def _bodiless(request: web.Request, entry: Entry) -> web.StreamResponse:
     return response
 
 
-def _nothing(_data: bytes) -> None:
+def _nothing(_data: bytes | memoryview) -> None:
     pass
 
 
@@ -215,7 +224,7 @@ async def _whole(
     as recorded, or as one chunk when it was streamed (chunked framing is hop-by-hop)."""
     assert entry.interaction_id is not None
     events = await bodies.small_body(cassette, entry.interaction_id, entry.body_size)
-    body = b"".join(data for _, data in events)
+    body = b"".join(row[1] for row in events)
     response = web.Response(
         status=entry.head.status, body=body, headers=CIMultiDict(_replayed(entry.head))
     )
@@ -227,7 +236,12 @@ async def _whole(
         on_sent(body)
     except ConnectionError:
         pass  # the client hung up
-    return response, len(events)
+    return response, _events(events)
+
+
+def _events(page: Page) -> int:
+    """How many events begin in `page` (a large event is several rows)."""
+    return sum(not row[3] for row in page)
 
 
 _LENGTH = frozenset({"content-length"})

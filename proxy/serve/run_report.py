@@ -45,7 +45,7 @@ class SentDigest:
         self._sha256 = hashlib.sha256()
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._sha256.update(data)
         self.size += len(data)
 

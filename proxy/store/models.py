@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,7 +78,9 @@ class Interaction(Base):
 
 
 class Event(Base):
-    """One unit of a response body, in order; concatenated they are the body."""
+    """One unit of a response body, in order; concatenated they are the body. A row is an
+    event, or a part of one larger than a part (`continues`: it goes on with the event of
+    the row before it); `pieces`: when each piece of it arrived (`proxy.core.pieces`)."""
 
     __tablename__ = "events"
 
@@ -86,6 +90,8 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     t_ms: Mapped[float] = mapped_column(Float)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    pieces: Mapped[str | None] = mapped_column(Text)
+    continues: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Usage(Base):

@@ -14,18 +14,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.core.pieces import Pieces, decode, joined
 from proxy.core.records import Event as EventRecord
 from proxy.core.records import Headers, Outcome, Request, ResponseHead, header_pairs
 from proxy.errors import CassetteNotFound
 from proxy.store.models import Cassette, Event, Interaction
 
 Source = AsyncEngine | AsyncConnection
-Page = list[tuple[float, bytes]]
-"""Events as (offset in ms, bytes): the replay path's form, cheaper than `Event` objects."""
+Row = tuple[float, bytes, str | None, bool]
+"""A stored part of the body: (offset in ms, bytes, pieces as stored or None, whether it
+continues the event of the row before): an event, or a part of a large one
+(`proxy.core.pieces`)."""
+Page = list[Row]
+"""Parts in order: the replay path's form, cheaper than `Event` objects."""
+PAGE_BYTES = 2**20
+"""A page of parts holds about this many bytes at most (one part, if it is larger)."""
 
 _UNFINISHED = (Outcome.INCOMPLETE.value, Outcome.RECORDING.value)
 
@@ -171,42 +179,88 @@ async def counts(source: Source, cassette: str) -> tuple[int, int]:
     return int(found[0]), int(found[1])
 
 
-async def event_pages(source: Source, interaction_id: int, page: int = 256) -> AsyncIterator[Page]:
-    """An interaction's events in order, a page at a time. From an engine each page is its
-    own short read, so a slow client never holds a database connection."""
-    after = -1
-    while True:
-        async with connected(source) as conn:
-            rows = (
-                await conn.execute(
-                    select(Event.seq, Event.t_ms, Event.data)
-                    .where(Event.interaction_id == interaction_id, Event.seq > after)
-                    .order_by(Event.seq)
-                    .limit(page)
+async def _page(
+    source: Source, interaction_id: int, after: int, page: int, page_bytes: int
+) -> tuple[Sequence[Any], bool]:
+    """The stored parts after seq `after`: at most `page` rows and about `page_bytes` bytes
+    (their sizes are read first: a large event never comes whole), and whether more follow."""
+    async with connected(source) as conn:
+        sizes = (
+            await conn.execute(
+                select(Event.seq, func.length(Event.data))
+                .where(Event.interaction_id == interaction_id, Event.seq > after)
+                .order_by(Event.seq)
+                .limit(page)
+            )
+        ).all()
+        if not sizes:
+            return [], False
+        n, total = 0, 0
+        for _, size in sizes:
+            if n and total + (size or 0) > page_bytes:
+                break
+            n, total = n + 1, total + (size or 0)
+        rows = (
+            await conn.execute(
+                select(Event.seq, Event.t_ms, Event.data, Event.pieces, Event.continues)
+                .where(
+                    Event.interaction_id == interaction_id,
+                    Event.seq > after,
+                    Event.seq <= sizes[n - 1][0],
                 )
-            ).all()
+                .order_by(Event.seq)
+            )
+        ).all()
+    return rows, n < len(sizes) or len(sizes) == page
+
+
+async def event_pages(
+    source: Source, interaction_id: int, page: int = 256, page_bytes: int = PAGE_BYTES
+) -> AsyncIterator[Page]:
+    """An interaction's body in order, as stored parts, a page at a time (at most `page`
+    rows and about `page_bytes` bytes). From an engine each page is its own short read, so
+    a slow client never holds a database connection."""
+    after = -1
+    more = True
+    while more:
+        rows, more = await _page(source, interaction_id, after, page, page_bytes)
         if not rows:
             return
-        yield [(r.t_ms, r.data) for r in rows]
-        if len(rows) < page:
-            return
+        yield [(r.t_ms, r.data, r.pieces, r.continues) for r in rows]
         after = rows[-1].seq
 
 
+async def event_rows(source: Source, interaction_id: int) -> AsyncIterator[Row]:
+    """An interaction's stored parts in order."""
+    async for page in event_pages(source, interaction_id):
+        for row in page:
+            yield row
+
+
 async def events(source: Source, interaction_id: int) -> list[EventRecord]:
-    """All of an interaction's events, in order."""
-    return [
-        EventRecord(t, data)
-        async for page in event_pages(source, interaction_id, page=1024)
-        for t, data in page
-    ]
+    """All of an interaction's events, in order (the parts of a large one joined)."""
+    found: list[EventRecord] = []
+    parts: list[tuple[bytes, float, Pieces | None]] = []
+
+    def flush() -> None:
+        if parts:
+            data, t_ms, pieces = joined(parts)
+            found.append(EventRecord(t_ms, data, pieces))
+            parts.clear()
+
+    async for t_ms, data, text, continues in event_rows(source, interaction_id):
+        if not continues:
+            flush()
+        parts.append((data, t_ms, None if text is None else decode(text)))
+    flush()
+    return found
 
 
 async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int, Page]:
     """The events of every finished interaction of a cassette whose body is `max_size` bytes
     or less, by interaction id, in order."""
     stmt = (
-        select(Event.interaction_id, Event.t_ms, Event.data)
+        select(Event.interaction_id, Event.t_ms, Event.data, Event.pieces, Event.continues)
         .join(Interaction)
         .join(Cassette)
         .where(
@@ -219,7 +273,9 @@ async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int
     bodies: dict[int, Page] = {}
     async with connected(source) as conn:
         for row in await conn.execute(stmt):
-            bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data))
+            bodies.setdefault(row.interaction_id, []).append(
+                (row.t_ms, row.data, row.pieces, row.continues)
+            )
     return bodies
 
 

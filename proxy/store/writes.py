@@ -25,13 +25,15 @@ from proxy.core.usage import Usage
 from proxy.store.models import Cassette, Event, Interaction
 from proxy.store.models import Usage as UsageRow
 
-_EventRow = tuple[Recording, int, float, bytes]
+EventRow = tuple[Recording, int, float, bytes, str | None, bool]
+"""An event row of a batch: recording, seq, t_ms, data, pieces (`proxy.core.pieces.encode`),
+continues."""
 
 
 @dataclass
 class Batch:
     begins: list[Recording] = field(default_factory=list)
-    events: list[_EventRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
     ends: list[Recording] = field(default_factory=list)
     size: int = 0  # bytes of event data
     sizes: dict[Recording, int] = field(default_factory=dict)
@@ -101,8 +103,8 @@ def write_batch(
     if batch.events:
         db.insert_events(
             [
-                (rec.interaction_id or new_ids[rec], seq, t_ms, data)
-                for rec, seq, t_ms, data in batch.events
+                (rec.interaction_id or new_ids[rec], seq, t_ms, data, pieces, continues)
+                for rec, seq, t_ms, data, pieces, continues in batch.events
             ]
         )
     # (a recording whose begin the store refused has no row to finish)
@@ -114,8 +116,8 @@ def write_batch(
     return cassettes, new_ids
 
 
-_Row = tuple[int, int, float, bytes]
-"""An event's row: interaction id, seq, t_ms, data."""
+_Row = tuple[int, int, float, bytes, str | None, bool]
+"""An event's row: interaction id, seq, t_ms, data, pieces, continues."""
 _FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size", "body_sha256")
 """The interaction's columns known once it has ended (`_final`)."""
 _COLUMNS = (
@@ -132,7 +134,7 @@ _COLUMNS = (
 )
 """An interaction's columns but its id (the database gives it), in the order of
 `_interaction_row`."""
-_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data")
+_EVENT_COLUMNS = ("interaction_id", "seq", "t_ms", "data", "pieces", "continues")
 """An event's columns, in the order of `_Row`."""
 _FINISH = f"UPDATE interactions SET {', '.join(f'{c} = ?' for c in _FINAL)} WHERE id = ?"
 
@@ -322,7 +324,7 @@ def rehearse(engine: Engine) -> None:
     head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
     rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
     rec.outcome = Outcome.COMPLETE
-    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
+    events: list[EventRow] = [(rec, seq, 0.0, b"data: 1\n\n", None, False) for seq in range(2)]
     with engine.connect() as conn:
         transaction = conn.begin()
         try:

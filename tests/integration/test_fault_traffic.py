@@ -99,22 +99,22 @@ def status_of(answer: bytes) -> int:
 
 
 def stored(db_path: Path) -> list[tuple[str, int, list[bytes]]]:
-    """(outcome, status, events) of each stored interaction, in recording order."""
+    """(outcome, status, events) of each stored interaction, in recording order (the parts
+    of an event larger than a part joined)."""
     with closing(sqlite3.connect(db_path)) as db:
         rows = db.execute("SELECT id, outcome, status FROM interactions ORDER BY id").fetchall()
-        return [
-            (
-                outcome,
-                status,
-                [
-                    data
-                    for (data,) in db.execute(
-                        "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
-                    )
-                ],
-            )
-            for id_, outcome, status in rows
-        ]
+        found = []
+        for id_, outcome, status in rows:
+            events: list[bytes] = []
+            for data, continues in db.execute(
+                "SELECT data, continues FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
+            ):
+                if continues:
+                    events[-1] += data
+                else:
+                    events.append(data)
+            found.append((outcome, status, events))
+        return found
 
 
 def digest(data: bytes) -> tuple[int, str]:

@@ -28,7 +28,9 @@ def dump(db: Path) -> tuple[list[tuple[object, ...]], ...]:
         return (
             conn.execute("SELECT * FROM cassettes ORDER BY id").fetchall(),
             conn.execute("SELECT * FROM interactions ORDER BY id").fetchall(),
-            conn.execute("SELECT * FROM events ORDER BY interaction_id, seq").fetchall(),
+            conn.execute(
+                "SELECT interaction_id, seq, t_ms, data FROM events ORDER BY interaction_id, seq"
+            ).fetchall(),
         )
 
 

@@ -60,6 +60,8 @@ SAMPLES = {
     "lone surrogate in a header": [recorded(headers=(("X-Odd", "caf\udce9"),))],
     "line separators in text": [recorded(events=(Event(1.0, "a\u2028b\u0085c\r\n".encode()),))],
     "several": [recorded(), recorded(body=b"second"), recorded(events=())],
+    "pieces": [recorded(events=(Event(9.5, b"data: hello\n\n", ((0, 1.25), (8, 9.5))),))],
+    "pieces of bytes": [recorded(events=(Event(3.0, b"\xff\xfe\x00", ((0, 1.0), (1, 2.0))),))],
     "none": [],
 }
 
@@ -74,15 +76,21 @@ def test_write_read_write_is_byte_identical(interactions: list[Recorded]) -> Non
 
 
 def test_the_example_round_trips() -> None:
+    """The example is a version 1 file: it reads, and writes back line for line but the
+    header's version (its events arrived whole: no `pieces`)."""
     data = EXAMPLE.read_bytes()
     header, back = cassette_file.loads(data)
-    assert cassette_file.dump(header.name, back) == data
+    assert header.version == 1
+    written = cassette_file.dump(header.name, back).split(b"\n")
+    original = data.split(b"\n")
+    assert written[0] == original[0].replace(b'"version": 1', b'"version": 2')
+    assert written[1:] == original[1:]
 
 
 def test_lines_are_readable_text() -> None:
     lines = cassette_file.dump("c", [recorded()]).decode("utf-8").split("\n")
     assert lines[0] == (
-        '{"format": "rrproxy-cassette", "version": 1, "name": "c", "interactions": 1}'
+        '{"format": "rrproxy-cassette", "version": 2, "name": "c", "interactions": 1}'
     )
     head = json.loads(lines[1])
     assert head["request"]["body"] == '{"model":"gpt-4o","input":"hi","stream":true}'
@@ -131,7 +139,7 @@ BAD: dict[str, tuple[list[str], int, str]] = {
     "not json": ([HEADER, "{oops", EV1, EV2], 2, "not valid JSON"),
     "not an object": ([HEADER, "[1, 2]", EV1, EV2], 2, "expected a JSON object"),
     "not a cassette": (['{"hello": 1}'], 1, "not an rrproxy cassette"),
-    "newer version": ([_with(HEADER, version=2), HEAD, EV1, EV2], 1, "version 2 is newer"),
+    "newer version": ([_with(HEADER, version=3), HEAD, EV1, EV2], 1, "version 3 is newer"),
     "bad version": ([_with(HEADER, version="1"), HEAD, EV1, EV2], 1, "'version' must be"),
     "traversal name": ([_with(HEADER, name="../etc"), HEAD, EV1, EV2], 1, "not a valid cassette"),
     "separator name": ([_with(HEADER, name="a/b"), HEAD, EV1, EV2], 1, "not a valid cassette"),
@@ -162,6 +170,20 @@ BAD: dict[str, tuple[list[str], int, str]] = {
         "expected an event",
     ),
     "event for interaction": ([HEADER, HEAD, EV1, EV2, EV2], 5, "expected an interaction"),
+    # pieces (version 2): where each piece of an event starts, and when it arrived
+    "pieces in version 1": (
+        [_with(HEADER, version=1), HEAD, _with(EV1, pieces=[[0, 1.0]]), EV2],
+        3,
+        "unknown field 'pieces'",
+    ),
+    "pieces not pairs": ([HEADER, HEAD, _with(EV1, pieces=[[0]]), EV2], 3, "[offset, t_ms] pairs"),
+    "pieces of text": ([HEADER, HEAD, _with(EV1, pieces=[["0", 1]]), EV2], 3, "pairs of numbers"),
+    "pieces empty": ([HEADER, HEAD, _with(EV1, pieces=[]), EV2], 3, "one piece or more"),
+    "piece not at 0": ([HEADER, HEAD, _with(EV1, pieces=[[2, 1.0]]), EV2], 3, "offset 0"),
+    "pieces back": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [5, 2], [3, 3]]), EV2], 3, "rise"),
+    "piece past the end": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [999, 2]]), EV2], 3, "999"),
+    "piece after t": ([HEADER, HEAD, _with(EV1, pieces=[[0, 1], [3, 99]]), EV2], 3, "time 99"),
+    "pieces back in time": ([HEADER, HEAD, _with(EV1, pieces=[[0, 5], [3, 1]]), EV2], 3, "rise"),
     "too many interactions": ([_with(HEADER, interactions=0), HEAD, EV1, EV2], 2, "one more"),
     "too few interactions": ([_with(HEADER, interactions=2), HEAD, EV1, EV2], 4, "announces 2"),
     "blank line": ([HEADER, "", HEAD, EV1, EV2], 2, "empty line"),
