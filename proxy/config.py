@@ -83,9 +83,16 @@ class Settings:
     @property
     def effective_rules(self) -> MatchRules:
         """Matching never depends on redacted query parameters: a key recorded with one
-        secret replays for anyone."""
+        secret replays for anyone. A WebSocket handshake's subprotocols are matched."""
         ignored = (*self.matching.ignore_query_params, *sorted(self.redact.query_params))
-        return replace(self.matching, ignore_query_params=tuple(dict.fromkeys(ignored)))
+        # A WebSocket handshake matches on its subprotocols too (absent from other requests,
+        # so their keys are not changed by it); a key it carries is redacted before.
+        headers = (*self.matching.match_headers, "sec-websocket-protocol")
+        return replace(
+            self.matching,
+            ignore_query_params=tuple(dict.fromkeys(ignored)),
+            match_headers=tuple(dict.fromkeys(headers)),
+        )
 
 
 def database_url(db: str) -> str:

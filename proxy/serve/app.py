@@ -24,7 +24,7 @@ from proxy.config import Settings
 from proxy.core.printable import printable
 from proxy.errors import RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
-from proxy.serve import admin
+from proxy.serve import admin, websocket
 from proxy.serve.index import Index
 from proxy.serve.pipeline import handle
 from proxy.serve.recorder import Recorder
@@ -139,6 +139,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def proxy_handler(request: web.Request) -> web.StreamResponse:
         # The app's own state, not `request.app`: requests inside CONNECT tunnels have none.
+        if websocket.is_upgrade(request):
+            return await websocket.handle(request, app[SERVICES], app[RUN])
         return await handle(request, app[SERVICES], app[RUN])
 
     # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline

@@ -38,6 +38,7 @@ from itertools import count, repeat
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.core.messages import Message
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.batch_writer import BatchWriter
 from proxy.store.writes import Batch, busy, refused
@@ -119,6 +120,23 @@ class Recorder:
             pending.size += size
             pending.sizes[rec] = pending.sizes.get(rec, 0) + size
             self._queued(len(events))
+            if pending.size > self.batch_bytes:
+                self._hurry.set()
+            if pending.size > self._max_pending and self._refusing:
+                self._shed()
+
+    def message(self, rec: Recording, message: Message) -> None:
+        """One message of a WebSocket session, queued as an event is (same back-pressure,
+        same batches); it is stored in `messages`."""
+        seq, size = rec.events, len(message.data)
+        rec.events += 1
+        rec.size += size
+        if not rec.dropped:
+            pending = self._pending
+            pending.events.append((rec, seq, message.t_ms, message))
+            pending.size += size
+            pending.sizes[rec] = pending.sizes.get(rec, 0) + size
+            self._queued()
             if pending.size > self.batch_bytes:
                 self._hurry.set()
             if pending.size > self._max_pending and self._refusing:

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -85,6 +86,24 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     t_ms: Mapped[float] = mapped_column(Float)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Message(Base):
+    """One message of a recorded WebSocket session (an interaction whose status is 101), in
+    order: who sent it, its kind (text, binary, close), its payload (a close's reason), and
+    a close's code (1006: the connection dropped without a close)."""
+
+    __tablename__ = "messages"
+
+    interaction_id: Mapped[int] = mapped_column(
+        ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    t_ms: Mapped[float] = mapped_column(Float)
+    from_client: Mapped[bool] = mapped_column(Boolean)
+    kind: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    code: Mapped[int | None] = mapped_column(Integer)
 
 
 class CassetteFile(Base):

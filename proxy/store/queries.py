@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.core.messages import Kind
+from proxy.core.messages import Message as MessageRecord
 from proxy.core.records import Event as EventRecord
 from proxy.core.records import Headers, Outcome, Request, ResponseHead, header_pairs
 from proxy.errors import CassetteNotFound
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Event, Interaction, Message
 
 Source = AsyncEngine | AsyncConnection
 Page = list[tuple[float, bytes]]
@@ -191,6 +193,44 @@ async def event_pages(source: Source, interaction_id: int, page: int = 256) -> A
         if len(rows) < page:
             return
         after = rows[-1].seq
+
+
+async def message_pages(
+    source: Source, interaction_id: int, page: int = 256
+) -> AsyncIterator[list[MessageRecord]]:
+    """A WebSocket session's messages in order, a page at a time (each page its own short
+    read from an engine, as `event_pages`)."""
+    after = -1
+    while True:
+        async with connected(source) as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        Message.seq,
+                        Message.t_ms,
+                        Message.from_client,
+                        Message.kind,
+                        Message.data,
+                        Message.code,
+                    )
+                    .where(Message.interaction_id == interaction_id, Message.seq > after)
+                    .order_by(Message.seq)
+                    .limit(page)
+                )
+            ).all()
+        if not rows:
+            return
+        yield [
+            MessageRecord(r.t_ms, bool(r.from_client), Kind(r.kind), r.data, r.code) for r in rows
+        ]
+        if len(rows) < page:
+            return
+        after = rows[-1].seq
+
+
+async def messages(source: Source, interaction_id: int) -> list[MessageRecord]:
+    """All of a WebSocket session's messages, in order."""
+    return [m async for page in message_pages(source, interaction_id, 1024) for m in page]
 
 
 async def events(source: Source, interaction_id: int) -> list[EventRecord]:
