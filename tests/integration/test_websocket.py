@@ -115,3 +115,163 @@ async def test_a_conversation_with_tool_calls_is_recorded_and_replayed_offline(
     replayed = await converse(url, "two", **other)
     assert replayed == recorded
     assert len(seen.messages) == len(CONVERSATION) + 1  # the replay never reached it
+
+
+async def test_a_different_client_message_closes_the_replay_with_1008_naming_it(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="record")
+    await converse(str(proxy.make_url("/v1/realtime")), "one")
+    await proxy.close()
+    await upstream.close()
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    async with aiohttp.ClientSession() as http, http.ws_connect(proxy.make_url("/v1/realtime")) as ws:
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        changed = {**CONVERSATION[0], "session": {"instructions": "Be verbose."}}
+        await ws.send_str(json.dumps(changed))
+        msg = await ws.receive()
+    assert msg.type is aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 1008
+    assert msg.extra.startswith("rrproxy replay miss: message 1: message field")
+    assert '"session.instructions"' in msg.extra and "Be verbose." in msg.extra
+    assert "replay miss" in caplog.text and "interaction 1" in caplog.text
+
+
+async def test_a_session_the_client_closes_midway_is_recorded_and_replayed_so(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str) -> list[str]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            got = [json.loads((await ws.receive()).data)["type"]]
+            await ws.send_str(json.dumps(CONVERSATION[2]))  # a response starts streaming...
+            got.append(json.loads((await ws.receive()).data)["type"])
+            await ws.close(code=4001, message=b"user hung up")  # ... and the client leaves
+        return got
+
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await session(str(proxy.make_url("/v1/realtime")))
+    await proxy.close()
+    await upstream.close()
+    assert seen.closes == [4001]  # the upstream was told, with the client's code
+    closes = [m for m in stored_messages(db_path) if m[2] == "close"]
+    assert [(m[1], m[4]) for m in closes] == [("client", 4001)]
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await session(str(proxy.make_url("/v1/realtime"))) == recorded
+
+
+async def test_an_upstream_that_drops_the_connection_is_recorded_as_broken_and_replayed_so(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str) -> tuple[list[Any], int | None]:
+        got: list[Any] = []
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            got.append(json.loads((await ws.receive()).data)["type"])
+            await ws.send_str(json.dumps({"type": "rrtest.drop"}))
+            async for msg in ws:  # ends when the connection does
+                got.append(json.loads(msg.data)["type"])
+            got.append((await ws.receive()).type.name)
+        return got, ws.close_code
+
+    proxy = await start_proxy(upstream, mode="record")
+    recorded, code = await session(str(proxy.make_url("/v1/realtime")))
+    await proxy.close()
+    await upstream.close()
+    assert recorded == ["session.created", "rrtest.dropping", "CLOSED"]
+    assert code == 1006  # no close frame reached the client: its connection broke
+    [(_, _, _, _, outcome, error)] = interactions(db_path)
+    assert outcome == "upstream_broken" and error is not None and "without a close" in error
+    assert stored_messages(db_path)[-1][1:] == ("server", "close", 0, 1006)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await session(str(proxy.make_url("/v1/realtime"))) == (recorded, 1006)
+
+
+async def test_fragments_large_messages_and_audio_with_the_websockets_library(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    audio = bytes(range(256)) * 64
+    chunk = json.dumps({"type": "input_audio_buffer.append", "audio": "UklGRiQAAABXQVZF" * 64})
+
+    async def session(url: str) -> list[Any]:
+        got: list[Any] = []
+        async with websockets.connect(url, max_size=None, compression=None) as ws:
+            got.append(json.loads(await ws.recv())["type"])
+            # one message sent as three fragments (a text frame and two continuations)
+            await ws.send([chunk[:100], chunk[100:2000], chunk[2000:]])
+            got.append(json.loads(await ws.recv())["type"])
+            await ws.send(audio)  # raw binary audio
+            got.append(await ws.recv() == audio[::-1])
+            await ws.send("big")
+            big = await ws.recv()
+            got.append(len(big))
+            await ws.send("y" * BIG)  # a 10 MB message from the client
+            got.append(json.loads(await ws.recv()))
+        return got
+
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await session(str(proxy.make_url("/v1/realtime").with_scheme("ws")))
+    await proxy.close()
+    await upstream.close()
+    assert recorded == [
+        "session.created",
+        "input_audio_buffer.speech_started",
+        True,
+        BIG,
+        {"type": "got", "size": BIG},
+    ]
+    assert seen.messages[0] == json.loads(chunk)  # reassembled, passed on whole
+    sizes = [(m[1], m[2], m[3]) for m in stored_messages(db_path)]
+    assert ("client", "text", len(chunk)) in sizes
+    assert ("client", "binary", len(audio)) in sizes
+    assert ("server", "text", BIG) in sizes and ("client", "text", BIG) in sizes
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await session(str(proxy.make_url("/v1/realtime").with_scheme("ws"))) == recorded
+
+
+async def test_the_key_in_a_subprotocol_is_redacted_and_the_subprotocol_still_matches(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str, key: str) -> str | None:
+        offered = ("realtime", f"openai-insecure-api-key.{key}", "openai-beta.realtime-v1")
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=offered) as ws:
+            assert json.loads((await ws.receive()).data)["type"] == "session.created"
+            return ws.protocol
+
+    proxy = await start_proxy(upstream, mode="record")
+    assert await session(str(proxy.make_url("/v1/realtime")), KEY) == "realtime"
+    await proxy.close()
+    await upstream.close()
+    assert KEY in seen.headers[0]["Sec-WebSocket-Protocol"]  # the upstream got it
+    assert KEY.encode() not in all_text(db_path)
+    [(_, _, _, headers, _, _)] = interactions(db_path)
+    assert [
+        "Sec-WebSocket-Protocol",
+        "realtime,openai-insecure-api-key.[REDACTED],openai-beta.realtime-v1",  # as aiohttp sends it
+    ] in json.loads(headers)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    url = str(proxy.make_url("/v1/realtime"))
+    assert await session(url, "sk-someone-else") == "realtime"  # any key replays
+    async with aiohttp.ClientSession() as http:  # other subprotocols: another request
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, protocols=("realtime",))
+    assert refused.value.status == 404
+    assert refused.value.headers is not None and refused.value.headers["Rrproxy-Miss"] == "1"
