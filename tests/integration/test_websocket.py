@@ -275,3 +275,142 @@ async def test_the_key_in_a_subprotocol_is_redacted_and_the_subprotocol_still_ma
             await http.ws_connect(url, protocols=("realtime",))
     assert refused.value.status == 404
     assert refused.value.headers is not None and refused.value.headers["Rrproxy-Miss"] == "1"
+
+
+async def openai_session(base_url: str, key: str) -> list[Any]:
+    """The official SDK's realtime client: a tool call, then its answer."""
+    import openai
+
+    got: list[Any] = []
+    async with (
+        openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as client,
+        client.realtime.connect(model="gpt-realtime", max_retries=0) as conn,
+    ):
+        got.append((await conn.recv()).type)
+        await conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
+        got.append((await conn.recv()).type)
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "Weather in Paris?"}],
+            }
+        )
+        got.append((await conn.recv()).type)
+        for follow_up in (None, "call_1"):
+            if follow_up:
+                await conn.conversation.item.create(
+                    item={"type": "function_call_output", "call_id": follow_up, "output": "{}"}
+                )
+                got.append((await conn.recv()).type)
+            await conn.response.create()
+            async for event in conn:
+                got.append(getattr(event, "delta", None) or event.type)
+                if event.type == "response.done":
+                    break
+    return got
+
+
+async def test_the_openai_sdk_realtime_client_records_then_replays_offline(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await openai_session(str(proxy.make_url("/v1")), KEY)
+    await proxy.close()
+    await upstream.close()
+    assert recorded[:3] == ["session.created", "session.updated", "conversation.item.created"]
+    assert '{"city":' in recorded and "sunny in Paris." in recorded
+    assert seen.headers[0]["Authorization"] == f"Bearer {KEY}"
+    assert KEY.encode() not in all_text(db_path)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await openai_session(str(proxy.make_url("/v1")), "sk-other") == recorded
+
+
+OPENAI_REALTIME_SCRIPT = """
+import asyncio, json, sys
+import openai
+
+async def main():
+    async with openai.AsyncOpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0) as c:
+        async with c.realtime.connect(model="gpt-realtime", max_retries=0) as conn:
+            print((await conn.recv()).type)
+            await conn.response.create()
+            async for event in conn:
+                print(getattr(event, "delta", None) or event.type)
+                if event.type == "response.done":
+                    break
+
+asyncio.run(main())
+"""
+
+
+async def test_wss_through_https_proxy_with_tls_interception_records_then_replays(
+    start_proxy: StartProxy, aiohttp_server: Any, tmp_path: Path, db_path: Path
+) -> None:
+    import sys
+
+    from tests.tlsenv import client_env, run, upstream_tls
+
+    tls = upstream_tls(tmp_path)
+    ca_dir = tmp_path / "ca"
+    seen = Seen()
+    upstream = await aiohttp_server(realtime_app(seen), host="127.0.0.1", ssl=tls.server)
+    base_url = f"https://localhost:{upstream.port}/v1"
+    common = {"ca_dir": str(ca_dir), "upstream_ca_bundle": str(tls.ca_file)}
+
+    proxy = await start_proxy("https://api.openai.com", mode="record", **common)
+    env = await client_env(proxy.port, ca_dir)
+    recorded = await run(sys.executable, "-c", OPENAI_REALTIME_SCRIPT, base_url, KEY, env=env)
+    assert recorded.returncode == 0, recorded.stderr
+    assert recorded.stdout.split() == [
+        "session.created",
+        "response.created",
+        "response.output_item.added",
+        '{"city":',
+        '"Paris"}',
+        "response.function_call_arguments.done",
+        "response.done",
+    ]
+    assert seen.headers[0]["Authorization"] == f"Bearer {KEY}"
+    [(_, _, status, _, _, _)] = interactions(db_path)
+    assert status == 101
+    with closing(sqlite3.connect(db_path)) as conn:
+        [(url,)] = conn.execute("SELECT url FROM interactions").fetchall()
+    assert url == f"https://localhost:{upstream.port}/v1/realtime?model=gpt-realtime"
+    await upstream.close()
+    await proxy.close()
+
+    proxy = await start_proxy("https://api.openai.com", mode="replay", **common)
+    env = await client_env(proxy.port, ca_dir)
+    replayed = await run(sys.executable, "-c", OPENAI_REALTIME_SCRIPT, base_url, "sk-x", env=env)
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == recorded.stdout
+    assert len(seen.messages) == 1
+
+
+async def test_ws_in_absolute_form_through_http_proxy(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    target = str(upstream.make_url("/v1/realtime"))
+    proxy = await start_proxy("https://api.openai.com", mode="record")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(target, proxy=str(proxy.make_url(""))) as ws,
+    ):
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        await ws.send_str(json.dumps(CONVERSATION[0]))
+        assert json.loads((await ws.receive()).data)["type"] == "session.updated"
+    await proxy.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        [(url, status)] = conn.execute("SELECT url, status FROM interactions").fetchall()
+    assert (url, status) == (target, 101)
+    assert [m[1:3] for m in stored_messages(db_path)] == [
+        ("server", "text"),
+        ("client", "text"),
+        ("server", "text"),
+        ("client", "close"),
+    ]
