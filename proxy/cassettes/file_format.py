@@ -8,7 +8,14 @@ UTF-8 JSON Lines, one object a line, "\\n" after each:
     {"t": 381.0, "b64": "..."}
 
 A header, then for each interaction one line for the request and response head followed
-by one line per event. Text is stored as text (a body or an event that is valid UTF-8);
+by one line per event. A WebSocket session (version 2) is an interaction whose response is
+the upstream's `101`: its line says how many `messages` follow the (no) events, one line
+each, in order:
+
+    {"t": 2.5, "from": "server", "text": "{\"type\": \"session.created\"}"}
+    {"t": 9.0, "from": "client", "b64": "AAEC"}
+    {"t": 30.1, "from": "client", "close": 1000, "reason": ""}
+ Text is stored as text (a body or an event that is valid UTF-8);
 only bytes that are not UTF-8 are base64 (`body_b64`, `b64`). Headers are `[name, value]`
 pairs, in the order sent (a name may repeat). Keys come in a fixed order and floats in
 Python's shortest round-trip form, so writing what was read gives the same bytes.
@@ -16,7 +23,8 @@ Python's shortest round-trip form, so writing what was read gives the same bytes
 The counts (`interactions` in the header, `events` on each interaction line) make a file
 cut at any line boundary fail to read, as a file cut inside a line does.
 
-Reading checks every line, refuses what version 1 does not know (vcrpy `serialize.py`,
+Reading checks every line (version 1 files still read: they have no messages), refuses
+what version 2 does not know (vcrpy `serialize.py`,
 mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
 """
 
@@ -32,6 +40,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from proxy.cassettes.lines import TOKEN, Fields, Lines, parse_object
+from proxy.core.messages import Kind, Message
 from proxy.core.records import (
     CASSETTE_FILE_SUFFIX,
     Event,
@@ -42,7 +51,9 @@ from proxy.core.records import (
 )
 
 FORMAT = "rrproxy-cassette"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The versions this rrproxy reads (2 adds WebSocket messages)."""
 SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -66,6 +77,12 @@ class Recorded:
     ttfb_ms: float
     duration_ms: float | None
     events: tuple[Event, ...]
+    messages: tuple[Message, ...] = ()
+    """A WebSocket session's messages (its response is a 101 and it has no events)."""
+
+    @property
+    def websocket(self) -> bool:
+        return self.response.status == 101
 
     @property
     def complete(self) -> bool:
@@ -112,10 +129,25 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
             "ttfb_ms": rec.ttfb_ms,
             "duration_ms": rec.duration_ms,
             "events": len(rec.events),
+            **({"messages": len(rec.messages)} if rec.websocket else {}),
         }
     )
     for event in rec.events:
         yield _line({"t": event.t_ms, **_bytes_field("data", "b64", event.data)})
+    for message in rec.messages:
+        yield _line(_message_json(message))
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    line: dict[str, Any] = {"t": message.t_ms, "from": message.who}
+    if message.kind is Kind.CLOSE:
+        line["close"] = message.code
+        line["reason"] = message.data.decode("utf-8", "replace")
+    elif message.kind is Kind.TEXT:
+        line["text"] = message.data.decode("utf-8")  # a text message is UTF-8
+    else:
+        line["b64"] = base64.b64encode(message.data).decode("ascii")
+    return line
 
 
 def dump(name: str, interactions: Iterable[Recorded]) -> bytes:
@@ -156,7 +188,9 @@ def read(
 ) -> Iterator[Header | Recorded]:
     """The header, then each interaction with its events; raises `CassetteFileError` at the
     first wrong line (an interaction is yielded only once all its events are read)."""
-    lines = Lines(stream, source, max_line, f"this rrproxy reads cassette format version {VERSION}")
+    lines = Lines(
+        stream, source, max_line, f"this rrproxy reads cassette format versions 1 and {VERSION}"
+    )
     first = lines.next()
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
@@ -174,7 +208,7 @@ def read(
                 f"the header (line 1) announces {header.interactions} interaction(s); "
                 "this line starts one more"
             )
-        head, expected = _interaction(obj, lines)
+        head, expected, n_messages = _interaction(obj, lines)
         events: list[Event] = []
         while len(events) < expected:
             text = lines.next()
@@ -184,8 +218,17 @@ def read(
                     f"interaction on line {at} announces (a truncated file?)"
                 )
             events.append(_event(parse_object(text, lines), lines))
+        messages: list[Message] = []
+        while len(messages) < n_messages:
+            text = lines.next()
+            if text is None:
+                raise lines.error(
+                    f"the file ends after {len(messages)} of the {n_messages} messages that "
+                    f"the interaction on line {at} announces (a truncated file?)"
+                )
+            messages.append(_message(parse_object(text, lines), lines))
         count += 1
-        yield replace(head, events=tuple(events))
+        yield replace(head, events=tuple(events), messages=tuple(messages))
     if count < header.interactions:
         raise lines.error(
             f"the header (line 1) announces {header.interactions} interaction(s), the file has "
@@ -214,8 +257,8 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
             "upgrade rrproxy"
         )
     f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
-    if f.get("version", int) != VERSION:
-        raise f.fail("version", f"must be {VERSION}")
+    if f.get("version", int) not in READS:
+        raise f.fail("version", f"must be one of {', '.join(map(str, READS))}")
     try:
         name = check_cassette_name(f.get("name", str))
     except ValueError as exc:
@@ -226,8 +269,9 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     return Header(name, interactions)
 
 
-def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
-    """The interaction without its events yet, and how many events follow."""
+def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]:
+    """The interaction without its events yet, how many events follow, and how many
+    WebSocket messages after them."""
     known = (
         "request",
         "response",
@@ -238,14 +282,20 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         "ttfb_ms",
         "duration_ms",
         "events",
+        "messages",
     )
     f = Fields(obj, "", lines, known)
     request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
     events = f.get("events", int)
     if events < 0:
         raise f.fail("events", "must be 0 or more")
+    messages = f.get("messages", int, optional=True)
     resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
-    response = ResponseHead(_status(resp, request.method, events), resp.headers("headers"))
+    if messages is None:
+        status = _status(resp, request.method, events)
+    else:
+        status = _websocket_status(resp, f, request.method, events, messages)
+    response = ResponseHead(status, resp.headers("headers"))
     outcome_text = f.get("outcome", str)
     outcome = _OUTCOMES.get(outcome_text)
     if outcome is None:
@@ -265,7 +315,21 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
     )
-    return head, events
+    return head, events, messages or 0
+
+
+def _websocket_status(resp: Fields, f: Fields, method: str, events: int, messages: int) -> int:
+    """A WebSocket session's: a 101 to a GET, with messages and no events."""
+    status: int = resp.get("status", int)
+    if status != 101:
+        raise resp.fail("status", "must be 101 for an interaction with 'messages'")
+    if method != "GET":
+        raise f.fail("messages", "belong to a WebSocket handshake, which is a GET")
+    if messages < 0:
+        raise f.fail("messages", "must be 0 or more")
+    if events:
+        raise f.fail("events", "must be 0 for a WebSocket session (its body is its messages)")
+    return status
 
 
 _REQUEST_FIELDS = ("method", "url", "headers", "body", "body_b64")
@@ -320,3 +384,37 @@ def _event(obj: dict[str, Any], lines: Lines) -> Event:
     t = f.number("t")
     assert t is not None
     return Event(t, f.data("data", "b64"))
+
+
+_WHO = {"client": True, "server": False}
+
+
+def _message(obj: dict[str, Any], lines: Lines) -> Message:
+    if "request" in obj:
+        raise lines.error(
+            "expected a message line, found an interaction line (the previous interaction "
+            "announces more messages than it has)"
+        )
+    f = Fields(obj, "message: ", lines, ("t", "from", "text", "b64", "close", "reason"))
+    t = f.number("t")
+    assert t is not None
+    who = _WHO.get(f.get("from", str))
+    if who is None:
+        raise f.fail("from", "must be client or server")
+    if sum(k in obj for k in ("text", "b64", "close")) != 1:
+        raise lines.error("message: needs exactly one of 'text', 'b64', 'close'")
+    if ("reason" in obj) != ("close" in obj):
+        raise lines.error("message: 'reason' goes with 'close', and only with it")
+    if "close" in obj:
+        code = f.get("close", int)
+        if not 1000 <= code <= 4999:
+            raise f.fail("close", "must be a close code from 1000 to 4999")
+        reason = f.text("reason")
+        return Message(t, who, Kind.CLOSE, reason.encode("utf-8"), code)
+    if "text" in obj:
+        try:
+            data = f.get("text", str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise f.fail("text", "holds a lone surrogate (a text message is UTF-8)") from None
+        return Message(t, who, Kind.TEXT, data)
+    return Message(t, who, Kind.BINARY, f.data("unused", "b64"))

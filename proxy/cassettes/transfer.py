@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,12 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes.file_format import Header, Recorded
 from proxy.cassettes.files import open_regular
-from proxy.core.records import Outcome, check_cassette_name
+from proxy.core.messages import redact_handshake
+from proxy.core.records import Event as EventRecord
+from proxy.core.records import Outcome, Request, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
 from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
 from proxy.store import queries
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Event, Interaction, Message
 
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
@@ -78,6 +80,11 @@ async def _recorded(
                 ttfb_ms=head.ttfb_ms,
                 duration_ms=head.duration_ms,
                 events=tuple(await queries.events(conn, head.id)),
+                messages=(
+                    tuple(await queries.messages(conn, head.id))
+                    if head.response.status == 101
+                    else ()
+                ),
             )
 
     return len(heads), each()
@@ -118,7 +125,7 @@ async def export(
                 if not allow_secrets:
                     found = [
                         *scan_request(rec.request, redactor),
-                        *scan_response(rec.response, rec.events, redactor),
+                        *scan_response(rec.response, body(rec), redactor),
                     ]
                     findings.extend((number + (f.event or 0), f) for f in found)
     if findings:
@@ -144,9 +151,9 @@ def record_secrets(recs: Sequence[Recorded]) -> list[tuple[int, Finding]]:
     line = 1
     for rec in recs:
         line += 1
-        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        found = [*scan_request(rec.request), *scan_response(rec.response, body(rec))]
         findings.extend((line + (f.event or 0), f) for f in found)
-        line += len(rec.events)
+        line += len(rec.events) + len(rec.messages)
     return findings
 
 
@@ -262,11 +269,12 @@ async def _new_cassette(conn: AsyncConnection, name: str) -> int:
 
 
 def _redacted(rec: Recorded, redactor: Redactor) -> Recorded:
-    return replace(
-        rec,
-        request=redactor.request(rec.request),
-        response=redactor.head(rec.response),
-    )
+    request = redactor.request(rec.request)
+    if rec.websocket:  # a key in a subprotocol, as recording redacts it
+        request = Request(
+            request.method, request.url, redact_handshake(request.headers), request.body
+        )
+    return replace(rec, request=request, response=redactor.head(rec.response))
 
 
 async def import_records(
@@ -342,11 +350,19 @@ def find_secrets(
         rec = _redacted(item, redactor)
         found = [
             *scan_request(rec.request, redactor),
-            *scan_response(rec.response, rec.events, redactor),
+            *scan_response(rec.response, body(rec), redactor),
         ]
         findings.extend((line + (f.event or 0), f) for f in found)
-        line += len(item.events)
+        line += len(item.events) + len(item.messages)
     return findings
+
+
+def body(rec: Recorded) -> Iterable[EventRecord]:
+    """What the secret scan reads of a response: its events, or a WebSocket session's
+    messages (each counted as an event, on the line after the one before)."""
+    if not rec.messages:
+        return rec.events
+    return (EventRecord(m.t_ms, m.data) for m in rec.messages)
 
 
 async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
@@ -365,8 +381,8 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             started_at=rec.recorded_at,
             ttfb_ms=rec.ttfb_ms,
             duration_ms=rec.duration_ms,
-            event_count=len(rec.events),
-            body_size=sum(len(e.data) for e in rec.events),
+            event_count=len(rec.events) + len(rec.messages),
+            body_size=sum(len(e.data) for e in rec.events) + sum(len(m) for m in rec.messages),
         )
         .returning(Interaction.id)
     )
@@ -377,5 +393,21 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             [
                 {"interaction_id": interaction_id, "seq": i, "t_ms": e.t_ms, "data": e.data}
                 for i, e in enumerate(rec.events)
+            ],
+        )
+    if rec.messages:
+        await conn.execute(
+            insert(Message),
+            [
+                {
+                    "interaction_id": interaction_id,
+                    "seq": i,
+                    "t_ms": m.t_ms,
+                    "from_client": m.from_client,
+                    "kind": m.kind.value,
+                    "data": m.data,
+                    "code": m.code,
+                }
+                for i, m in enumerate(rec.messages)
             ],
         )

@@ -14,9 +14,11 @@ cassette file all speak `Message`.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from proxy.core.canonical import MatchRules
 from proxy.core.differences import capped
@@ -141,3 +143,22 @@ def preview(message: Message, width: int = 60) -> str:
         )
     text = message.data.decode("utf-8", "replace").replace("\n", "\\n")
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def as_json(message: Message) -> dict[str, Any]:
+    """A message as `rrproxy show --json` and the admin API give it: text as text, binary
+    as base64, a close as its code and reason."""
+    obj: dict[str, Any] = {
+        "t": message.t_ms,
+        "from": message.who,
+        "kind": message.kind.value,
+        "size": len(message.data),
+    }
+    if message.kind is Kind.CLOSE:
+        obj["code"] = message.code
+        obj["reason"] = message.data.decode("utf-8", "replace")
+    elif message.kind is Kind.TEXT:
+        obj["text"] = message.data.decode("utf-8", "replace")
+    else:
+        obj["b64"] = base64.b64encode(message.data).decode("ascii")
+    return obj

@@ -186,9 +186,9 @@ async def _forward(session: _Session, *, key: str | None) -> web.StreamResponse:
     if isinstance(connected, web.Response):  # refused: an ordinary interaction, no body
         head = ResponseHead(connected.status, tuple(connected.headers.items()))
         if recording:
-            rec, entry = _begin(session, key, head, ttfb)
-            services.recorder.end(rec, Outcome.COMPLETE, ttfb)
-            entry.outcome = Outcome.COMPLETE
+            refused, refused_entry = _begin(session, key, services.redactor.head(head), ttfb)
+            services.recorder.end(refused, Outcome.COMPLETE, ttfb)
+            refused_entry.outcome = Outcome.COMPLETE
         connected.headers["Rrproxy-Source"] = source
         _log(session, connected.status, source, 0)
         return connected

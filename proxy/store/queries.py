@@ -202,30 +202,39 @@ async def message_pages(
     read from an engine, as `event_pages`)."""
     after = -1
     while True:
-        async with connected(source) as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        Message.seq,
-                        Message.t_ms,
-                        Message.from_client,
-                        Message.kind,
-                        Message.data,
-                        Message.code,
-                    )
-                    .where(Message.interaction_id == interaction_id, Message.seq > after)
-                    .order_by(Message.seq)
-                    .limit(page)
-                )
-            ).all()
+        rows = await message_page(source, interaction_id, after, page)
         if not rows:
             return
-        yield [
-            MessageRecord(r.t_ms, bool(r.from_client), Kind(r.kind), r.data, r.code) for r in rows
-        ]
+        yield [m for _, m in rows]
         if len(rows) < page:
             return
-        after = rows[-1].seq
+        after = rows[-1][0]
+
+
+async def message_page(
+    source: Source, interaction_id: int, after: int, limit: int
+) -> list[tuple[int, MessageRecord]]:
+    """Up to `limit` messages of a session after `seq` `after`, each with its `seq`."""
+    async with connected(source) as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    Message.seq,
+                    Message.t_ms,
+                    Message.from_client,
+                    Message.kind,
+                    Message.data,
+                    Message.code,
+                )
+                .where(Message.interaction_id == interaction_id, Message.seq > after)
+                .order_by(Message.seq)
+                .limit(limit)
+            )
+        ).all()
+    return [
+        (r.seq, MessageRecord(r.t_ms, bool(r.from_client), Kind(r.kind), r.data, r.code))
+        for r in rows
+    ]
 
 
 async def messages(source: Source, interaction_id: int) -> list[MessageRecord]:

@@ -107,7 +107,15 @@ def write_batch(
                 events.append((interaction_id, seq, t_ms, data))
             else:
                 messages.append(
-                    (interaction_id, seq, t_ms, data.from_client, data.kind.value, data.data, data.code)
+                    (
+                        interaction_id,
+                        seq,
+                        t_ms,
+                        data.from_client,
+                        data.kind.value,
+                        data.data,
+                        data.code,
+                    )
                 )
         if events:
             db.insert_events(events)
@@ -322,7 +330,7 @@ def rehearse(engine: Engine) -> None:
     head = ResponseHead(200, (("Content-Type", "text/event-stream"),))
     rec = Recording("rrproxy warm-up", request, head, datetime.now(UTC), 0.0, events=2, size=18)
     rec.outcome = Outcome.COMPLETE
-    events = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
+    events: list[_EventRow] = [(rec, seq, 0.0, b"data: 1\n\n") for seq in range(2)]
     with engine.connect() as conn:
         transaction = conn.begin()
         try:

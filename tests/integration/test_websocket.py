@@ -3,7 +3,6 @@ and recorded per message, then replayed as a conversation with the upstream stop
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from contextlib import closing
@@ -13,7 +12,6 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import StartProxy, StartUpstream
 from tests.integration.realtime_fake import BIG, Seen, realtime_app
@@ -41,16 +39,24 @@ def all_text(db: Path) -> bytes:
     """Everything stored, as bytes (for a secret that must not be there)."""
     with closing(sqlite3.connect(db)) as conn:
         return b"\n".join(
-            str(row).encode() for table in ("interactions", "messages")
-            for row in conn.execute(f"SELECT * FROM {table}")  # noqa: S608
+            str(row).encode()
+            for table in ("interactions", "messages")
+            for row in conn.execute(f"SELECT * FROM {table}")
         )
 
 
 CONVERSATION: list[dict[str, Any]] = [
-    {"type": "session.update", "session": {"instructions": "Be brief.", "tools": [{"name": "get_weather"}]}},
+    {
+        "type": "session.update",
+        "session": {"instructions": "Be brief.", "tools": [{"name": "get_weather"}]},
+    },
     {
         "type": "conversation.item.create",
-        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Weather in Paris?"}],
+        },
     },
     {"type": "response.create"},
     {
@@ -74,7 +80,11 @@ async def converse(url: str, run: str, **connect: Any) -> list[Any]:
                 assert msg.type is aiohttp.WSMsgType.TEXT, msg
                 data = json.loads(msg.data)
                 got.append(data.get("delta") or data["type"])
-                if data["type"] in ("response.done", "session.updated", "conversation.item.created"):
+                if data["type"] in (
+                    "response.done",
+                    "session.updated",
+                    "conversation.item.created",
+                ):
                     break
         await ws.send_bytes(b"\x00\x01audio\xff")
         got.append((await ws.receive()).data)
@@ -98,7 +108,7 @@ async def test_a_conversation_with_tool_calls_is_recorded_and_replayed_offline(
     await proxy.close()
     await upstream.close()
 
-    [(iid, method, status, headers, outcome, _)] = interactions(db_path)
+    [(_, method, status, headers, outcome, _)] = interactions(db_path)
     assert (method, status, outcome) == ("GET", 101, "complete")
     assert KEY.encode() not in all_text(db_path)
     assert ["Sec-WebSocket-Protocol", "realtime"] in json.loads(headers)
@@ -130,7 +140,10 @@ async def test_a_different_client_message_closes_the_replay_with_1008_naming_it(
     await upstream.close()
 
     proxy = await start_proxy(upstream_url, mode="replay")
-    async with aiohttp.ClientSession() as http, http.ws_connect(proxy.make_url("/v1/realtime")) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(proxy.make_url("/v1/realtime")) as ws,
+    ):
         assert json.loads((await ws.receive()).data)["type"] == "session.created"
         changed = {**CONVERSATION[0], "session": {"instructions": "Be verbose."}}
         await ws.send_str(json.dumps(changed))
@@ -264,7 +277,8 @@ async def test_the_key_in_a_subprotocol_is_redacted_and_the_subprotocol_still_ma
     [(_, _, _, headers, _, _)] = interactions(db_path)
     assert [
         "Sec-WebSocket-Protocol",
-        "realtime,openai-insecure-api-key.[REDACTED],openai-beta.realtime-v1",  # as aiohttp sends it
+        # as aiohttp sends it: no spaces
+        "realtime,openai-insecure-api-key.[REDACTED],openai-beta.realtime-v1",
     ] in json.loads(headers)
 
     proxy = await start_proxy(upstream_url, mode="replay")
