@@ -94,6 +94,7 @@ class Recorded:
 class Header:
     name: str
     interactions: int
+    version: int = 1
 
 
 def file_name(cassette: str) -> str:
@@ -103,8 +104,15 @@ def file_name(cassette: str) -> str:
 # -- writing -------------------------------------------------------------------------------
 
 
-def header_line(name: str, interactions: int) -> bytes:
-    return _line({"format": FORMAT, "version": VERSION, "name": name, "interactions": interactions})
+def header_line(name: str, interactions: int, version: int = 1) -> bytes:
+    """The header. A file is version 1 unless it holds what needs 2 (a WebSocket session:
+    `version_for`), so that a cassette without any stays byte for byte as it was."""
+    return _line({"format": FORMAT, "version": version, "name": name, "interactions": interactions})
+
+
+def version_for(websocket: bool) -> int:
+    """The version a file is written in: 2 when it holds a WebSocket session, else 1."""
+    return VERSION if websocket else 1
 
 
 def interaction_lines(rec: Recorded) -> Iterator[bytes]:
@@ -153,7 +161,7 @@ def _message_json(message: Message) -> dict[str, Any]:
 def dump(name: str, interactions: Iterable[Recorded]) -> bytes:
     """A whole cassette file in memory (for small cassettes and tests)."""
     recs = list(interactions)
-    lines = [header_line(name, len(recs))]
+    lines = [header_line(name, len(recs), version_for(any(r.websocket for r in recs)))]
     for rec in recs:
         lines.extend(interaction_lines(rec))
     return b"".join(lines)
@@ -195,6 +203,7 @@ def read(
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
     header = _header(parse_object(first, lines), lines)
+    lines.version = header.version
     yield header
     count = 0
     while (text := lines.next()) is not None:
@@ -257,7 +266,8 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
             "upgrade rrproxy"
         )
     f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
-    if f.get("version", int) not in READS:
+    version = f.get("version", int)
+    if version not in READS:
         raise f.fail("version", f"must be one of {', '.join(map(str, READS))}")
     try:
         name = check_cassette_name(f.get("name", str))
@@ -266,7 +276,7 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     interactions = f.get("interactions", int)
     if interactions < 0:
         raise f.fail("interactions", "must be 0 or more")
-    return Header(name, interactions)
+    return Header(name, interactions, version)
 
 
 def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]:
@@ -290,6 +300,8 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]
     if events < 0:
         raise f.fail("events", "must be 0 or more")
     messages = f.get("messages", int, optional=True)
+    if messages is not None and lines.version < 2:
+        raise f.fail("messages", "needs cassette format version 2 (the header says 1)")
     resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
     if messages is None:
         status = _status(resp, request.method, events)

@@ -61,7 +61,7 @@ class Imported:
 
 async def _recorded(
     conn: AsyncConnection, name: str, *, finished_only: bool
-) -> tuple[int, AsyncIterator[Recorded]]:
+) -> tuple[int, int, AsyncIterator[Recorded]]:
     """How many interactions there are, and each in full (events loaded one interaction
     at a time). An interaction still being recorded counts as incomplete, or is left out."""
     heads = await queries.interactions(conn, name, required=True, finished_only=finished_only)
@@ -87,15 +87,16 @@ async def _recorded(
                 ),
             )
 
-    return len(heads), each()
+    version = cassette_file.version_for(any(h.response.status == 101 for h in heads))
+    return len(heads), version, each()
 
 
 async def _lines(
     conn: AsyncConnection, name: str, *, as_name: str | None = None, finished_only: bool = False
 ) -> AsyncIterator[tuple[int, Recorded | None, bytes]]:
     """The cassette file's lines, numbered from 1, each with the interaction it starts."""
-    count, recs = await _recorded(conn, name, finished_only=finished_only)
-    yield 1, None, cassette_file.header_line(as_name or name, count)
+    count, version, recs = await _recorded(conn, name, finished_only=finished_only)
+    yield 1, None, cassette_file.header_line(as_name or name, count, version)
     number = 1
     async for rec in recs:
         for i, line in enumerate(cassette_file.interaction_lines(rec)):
@@ -137,7 +138,7 @@ async def records(engine: AsyncEngine, name: str, *, allow_secrets: bool = False
     """The cassette's interactions as `export` writes them (for other formats: HAR), after
     the same secret scan; `SecretsFound` names lines of the cassette file it would be."""
     async with engine.connect() as conn:
-        _, each = await _recorded(conn, name, finished_only=False)
+        _, _, each = await _recorded(conn, name, finished_only=False)
         recs = [rec async for rec in each]
     findings = [] if allow_secrets else record_secrets(recs)
     if findings:
@@ -182,7 +183,7 @@ def check_file(
     for item in _read(path, max_bytes=max_bytes, max_line=max_line):
         if isinstance(item, Header):
             header = item
-            h.update(cassette_file.header_line(name or item.name, item.interactions))
+            h.update(cassette_file.header_line(name or item.name, item.interactions, item.version))
         else:
             for line in cassette_file.interaction_lines(item):
                 h.update(line)
@@ -228,7 +229,7 @@ async def import_file(
         h = hashlib.sha256()
         for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
             if isinstance(item, Header):
-                h.update(cassette_file.header_line(target, item.interactions))
+                h.update(cassette_file.header_line(target, item.interactions, item.version))
                 continue
             for line in cassette_file.interaction_lines(item):
                 h.update(line)

@@ -131,7 +131,7 @@ BAD: dict[str, tuple[list[str], int, str]] = {
     "not json": ([HEADER, "{oops", EV1, EV2], 2, "not valid JSON"),
     "not an object": ([HEADER, "[1, 2]", EV1, EV2], 2, "expected a JSON object"),
     "not a cassette": (['{"hello": 1}'], 1, "not an rrproxy cassette"),
-    "newer version": ([_with(HEADER, version=2), HEAD, EV1, EV2], 1, "version 2 is newer"),
+    "newer version": ([_with(HEADER, version=3), HEAD, EV1, EV2], 1, "version 3 is newer"),
     "bad version": ([_with(HEADER, version="1"), HEAD, EV1, EV2], 1, "'version' must be"),
     "traversal name": ([_with(HEADER, name="../etc"), HEAD, EV1, EV2], 1, "not a valid cassette"),
     "separator name": ([_with(HEADER, name="a/b"), HEAD, EV1, EV2], 1, "not a valid cassette"),
