@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -33,6 +34,9 @@ class RunState:
     """The active cassette, for requests that name none (changed through the admin API)."""
 
     cassette: str
+    miss_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    """Called with the message of each replay miss that happens after a response has begun
+    (a WebSocket client message that differs): the pytest plugin fails the test with it."""
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -85,6 +85,7 @@ def is_upgrade(request: web.BaseRequest) -> bool:
 class _Session:
     request: web.Request
     services: Services
+    state: RunState
     ctl: Control
     wanted: Request  # the handshake that goes upstream (less what aiohttp negotiates)
     stored: Request  # ... as it is matched and recorded: redacted
@@ -100,7 +101,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     wanted = Request(sent.method, sent.url, headers, b"")
     stored = services.redactor.request(wanted)
     stored = Request(stored.method, stored.url, redact_handshake(stored.headers), b"")
-    session = _Session(request, services, ctl, wanted, stored, t0)
+    session = _Session(request, services, state, ctl, wanted, stored, t0)
     if ctl.mode in (Mode.PASSTHROUGH, Mode.RECORD):
         return await _forward(session, key=None)
     found = await services.index.resolve(
@@ -509,6 +510,11 @@ class _Conversation:
             self.entry.interaction_id,
             "; ".join(printable(d) for d in diffs),
         )
+        for listener in self.session.state.miss_listeners:
+            listener(
+                f"client message {number} of the WebSocket session {self.session.stored.url} "
+                f"in cassette {cassette!r} differs from the recording: " + "; ".join(diffs)
+            )
         reason = close_reason(f"rrproxy replay miss: message {number}: {diffs[0]}")
         await self.ws.close(code=POLICY_VIOLATION, message=reason.encode("utf-8"))
 
