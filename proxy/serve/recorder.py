@@ -51,6 +51,10 @@ MAX_HOLD_S = 60.0
 """A relay held this long without the store taking anything of its recording goes on
 without it: the recording is dropped."""
 _CHECKPOINT_BYTES = 4 * 2**20
+MESSAGE_OVERHEAD = 256
+"""What a queued WebSocket message costs beyond its payload (its objects), counted towards
+the back-pressure bounds so that a session of many small messages stays as bounded as a
+stream of large events."""
 
 
 class Recorder:
@@ -134,8 +138,9 @@ class Recorder:
         if not rec.dropped:
             pending = self._pending
             pending.events.append((rec, seq, message.t_ms, message))
-            pending.size += size
-            pending.sizes[rec] = pending.sizes.get(rec, 0) + size
+            weight = size + MESSAGE_OVERHEAD  # a session's many small messages weigh too
+            pending.size += weight
+            pending.sizes[rec] = pending.sizes.get(rec, 0) + weight
             self._queued()
             if pending.size > self.batch_bytes:
                 self._hurry.set()

@@ -127,3 +127,21 @@ def test_a_websocket_session_through_the_plugin(
             '*client message 1 of the WebSocket session*message field "text": "other" != "TEXT"*',
         ]
     )
+
+
+@pytest.mark.timeout(120)
+def test_the_websocket_benchmark_runs_and_verifies_its_sessions() -> None:
+    """A smoke run of `python -m bench.websocket`: every round trip and every message of the
+    long session is checked by the benchmark itself; no timing is asserted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    argv = [sys.executable, "-m", "bench.websocket", "--round-trips", "20"]
+    argv += ["--session-messages", "300", "--repeat", "1"]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = [line.rsplit(None, 1)[0].strip() for line in done.stdout.splitlines()]
+    assert "record: p50 / aiohttp" in names and "replay: p50 / direct" in names
+    assert "record: RSS growth (MiB)" in names and "replay: 300 messages, time (s)" in names
