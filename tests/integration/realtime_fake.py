@@ -32,7 +32,11 @@ def _event(kind: str, n: int, **fields: Any) -> str:
 def realtime_app(seen: Seen) -> web.Application:
     async def realtime(request: web.Request) -> web.StreamResponse:
         seen.headers.append(dict(request.headers))
-        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=0)
+        if request.headers.get("Authorization") == "Bearer sk-revoked":
+            return web.json_response(
+                {"error": {"type": "invalid_request_error", "message": "bad key"}}, status=401
+            )
+        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=0, compress=True)
         await ws.prepare(request)
         seen.protocols.append(ws.ws_protocol)
         n = 0
@@ -45,6 +49,8 @@ def realtime_app(seen: Seen) -> web.Application:
         await send("session.created", session={"id": "sess_1", "model": "gpt-realtime"})
         tool_done = False
         async for msg in ws:
+            if msg.type is WSMsgType.CLOSED or msg.type is WSMsgType.ERROR:
+                break
             if msg.type is WSMsgType.BINARY:
                 seen.messages.append(msg.data)
                 await ws.send_bytes(msg.data[::-1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -428,3 +429,146 @@ async def test_ws_in_absolute_form_through_http_proxy(
         ("server", "text"),
         ("client", "close"),
     ]
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database of its own on the local server (dropped after); skipped
+    where none runs."""
+    import uuid
+
+    asyncpg = pytest.importorskip("asyncpg")
+    try:
+        admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test", timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 ({exc})")
+    name = f"rrproxy_ws_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_a_session_recorded_in_postgresql_replays_through_another_proxy(
+    start_upstream: StartUpstream, start_proxy: StartProxy, postgres_url: str
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="record", db=postgres_url)
+    recorded = await converse(str(proxy.make_url("/v1/realtime")), "one")
+    await proxy.close()
+    await upstream.close()
+
+    proxy = await start_proxy(upstream_url, mode="replay", db=postgres_url)
+    assert await converse(str(proxy.make_url("/v1/realtime")), "two") == recorded
+    assert len(seen.headers) == 1
+
+
+async def test_a_client_that_drops_its_connection_is_recorded_as_gone(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str) -> str:
+        async with websockets.connect(url, compression=None) as ws:
+            first = json.loads(await ws.recv())["type"]
+            await ws.send(json.dumps(CONVERSATION[0]))
+            assert json.loads(await ws.recv())["type"] == "session.updated"
+            ws.transport.abort()  # no close frame: the TCP connection drops
+        return first
+
+    proxy = await start_proxy(upstream, mode="record")
+    url = str(proxy.make_url("/v1/realtime").with_scheme("ws"))
+    assert await session(url) == "session.created"
+    await proxy.close()  # the session is over once the proxy has stopped
+    await upstream.close()
+    assert seen.closes == [1001]  # the upstream session was closed: going away
+    [(_, _, _, _, outcome, _)] = interactions(db_path)
+    assert outcome == "client_gone"
+    assert stored_messages(db_path)[-1][1:] == ("client", "close", 0, 1006)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    url = str(proxy.make_url("/v1/realtime").with_scheme("ws"))
+    assert await session(url) == "session.created"
+
+
+async def test_a_refused_handshake_is_answered_and_replayed_as_refused(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    bad = {"Authorization": "Bearer sk-revoked"}
+
+    async def refused(url: str) -> tuple[int, str | None]:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(url, headers=bad)
+        assert caught.value.headers is not None
+        return caught.value.status, caught.value.headers.get("Rrproxy-Source")
+
+    proxy = await start_proxy(upstream, mode="record")
+    assert await refused(str(proxy.make_url("/v1/realtime"))) == (401, "recorded")
+    await proxy.close()
+    await upstream.close()
+    [(_, _, status, _, outcome, _)] = interactions(db_path)
+    assert (status, outcome) == (401, "complete")
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await refused(str(proxy.make_url("/v1/realtime"))) == (401, "replayed")
+
+
+async def test_passthrough_compression_and_ping_pong_are_passed_on(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    proxy = await start_proxy(upstream, mode="record")
+    url = str(proxy.make_url("/v1/realtime"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            url, autoping=False, compress=15, headers={"Rrproxy-Mode": "passthrough"}
+        ) as ws,
+    ):
+        assert ws.compress == 15  # permessage-deflate, as the upstream agreed
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        await ws.ping(b"are you there")
+        pong = await ws.receive()
+        assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"are you there")
+        headers = ws._response.headers
+    assert headers["Rrproxy-Source"] == "passthrough"
+    assert "permessage-deflate" in headers["Sec-WebSocket-Extensions"]
+    assert "Rrproxy-Mode" not in seen.headers[0]
+    assert "permessage-deflate" in seen.headers[0]["Sec-WebSocket-Extensions"]
+    await proxy.close()
+    assert interactions(db_path) == []  # passthrough records nothing
+
+
+async def test_the_agreed_extension_is_recorded_and_agreed_again_on_replay(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str) -> tuple[str, str | None]:
+        async with websockets.connect(url) as ws:  # offers permessage-deflate
+            got = json.loads(await ws.recv())["type"]
+            assert ws.response is not None
+            return got, ws.response.headers.get("Sec-WebSocket-Extensions")
+
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await session(str(proxy.make_url("/v1/realtime").with_scheme("ws")))
+    assert recorded[1] is not None and recorded[1].startswith("permessage-deflate")
+    await proxy.close()
+    await upstream.close()
+    [(_, _, _, _, _, _)] = interactions(db_path)
+    with closing(sqlite3.connect(db_path)) as conn:
+        [(head,)] = conn.execute("SELECT response_headers FROM interactions").fetchall()
+    assert ["Sec-WebSocket-Extensions", recorded[1]] in json.loads(head)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    replayed = await session(str(proxy.make_url("/v1/realtime").with_scheme("ws")))
+    assert replayed[0] == "session.created"
+    assert replayed[1] is not None and replayed[1].startswith("permessage-deflate")
