@@ -85,9 +85,10 @@ class Settings:
         """Matching never depends on redacted query parameters: a key recorded with one
         secret replays for anyone. A WebSocket handshake's subprotocols are matched."""
         ignored = (*self.matching.ignore_query_params, *sorted(self.redact.query_params))
-        # A WebSocket handshake matches on its subprotocols too (absent from other requests,
-        # so their keys are not changed by it); a key it carries is redacted before.
-        headers = (*self.matching.match_headers, "sec-websocket-protocol")
+        # A WebSocket handshake matches on its version and subprotocols too (absent from other
+        # requests: a handshake never answers a plain GET, nor the other way round); a key a
+        # subprotocol carries is redacted before.
+        headers = (*self.matching.match_headers, "sec-websocket-version", "sec-websocket-protocol")
         return replace(
             self.matching,
             ignore_query_params=tuple(dict.fromkeys(ignored)),

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -61,12 +60,14 @@ from proxy.store import queries
 
 log = logging.getLogger(__name__)
 
-_HANDSHAKE = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-accept", "content-length"}
-)
+_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-accept", "content-length"})
 """Handshake headers each side makes afresh: neither forwarded nor recorded."""
-_NEGOTIATED = frozenset({"sec-websocket-protocol", "sec-websocket-extensions"})
-"""Negotiated through aiohttp (`protocols`, `compress`), from what each side offered."""
+_NEGOTIATED = frozenset(
+    {"sec-websocket-protocol", "sec-websocket-extensions", "sec-websocket-version"}
+)
+"""Made by aiohttp (`protocols`, `compress`) from what each side offered: recorded (the
+version and the subprotocols are matched: a handshake never answers a plain request), not
+forwarded as they came."""
 _FINISH_S = 10.0
 """How long the other direction may take to finish once one side has closed."""
 
@@ -281,13 +282,13 @@ class _Pumps:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _record(self, message: Message) -> Callable[[], object] | None:
+    def _record(self, message: Message) -> bool:
+        """Hand the message to the recorder; whether the store is behind this recording
+        (the pump then waits for `room`, after passing the message on)."""
         if self.rec is None:
-            return None
+            return False
         self.recorder.message(self.rec, message)
-        if self.recorder.behind(self.rec):
-            return lambda: self.recorder.room(self.rec)  # type: ignore[arg-type]
-        return None
+        return self.recorder.behind(self.rec)
 
     def _ms(self) -> float:
         return round((self._clock() - self.session.t0) * 1000, 3)
@@ -303,7 +304,7 @@ class _Pumps:
                 data = msg.data.encode("utf-8") if text else msg.data
                 kind = Kind.TEXT if text else Kind.BINARY
                 self.messages += 1
-                wait = self._record(Message(self._ms(), from_client, kind, data))
+                behind = self._record(Message(self._ms(), from_client, kind, data))
                 try:
                     if text:
                         await dst.send_str(msg.data)
@@ -311,8 +312,8 @@ class _Pumps:
                         await dst.send_bytes(msg.data)
                 except ConnectionError:
                     pass  # the other side is going: its own pump sees how
-                if wait is not None:
-                    await wait()  # type: ignore[misc]
+                if behind and self.rec is not None:
+                    await self.recorder.room(self.rec)
             elif msg.type is WSMsgType.PING:  # relayed, not recorded: control frames
                 with contextlib.suppress(ConnectionError):
                     await dst.ping(msg.data)

@@ -572,3 +572,20 @@ async def test_the_agreed_extension_is_recorded_and_agreed_again_on_replay(
     replayed = await session(str(proxy.make_url("/v1/realtime").with_scheme("ws")))
     assert replayed[0] == "session.created"
     assert replayed[1] is not None and replayed[1].startswith("permessage-deflate")
+
+
+async def test_a_plain_get_never_gets_a_recorded_handshake(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="record")
+    await converse(str(proxy.make_url("/v1/realtime")), "one")
+    await proxy.close()
+    await upstream.close()
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    async with aiohttp.ClientSession() as http, http.get(proxy.make_url("/v1/realtime")) as r:
+        assert r.status == 404 and r.headers["Rrproxy-Miss"] == "1"
+        message = (await r.json())["error"]["message"]
+    assert 'header "sec-websocket-version": (absent) != "13"' in message
