@@ -199,3 +199,23 @@ def test_a_bad_message_line_is_named(lines: list[str], line: int, reason: str) -
         cassette_file.loads(data, source="x.cassette.jsonl")
     assert caught.value.line == line, caught.value
     assert reason in caught.value.reason
+
+
+def test_the_secret_scan_reads_messages_and_names_their_lines() -> None:
+    from dataclasses import replace
+
+    from proxy.cassettes.transfer import record_secrets
+
+    key = "sk-proj-" + "A1b2C3d4" * 5
+    leaky = replace(
+        SESSION,
+        messages=(
+            SESSION.messages[0],
+            Message(5.0, True, Kind.TEXT, json.dumps({"api_key_field": key}).encode()),
+            SESSION.messages[2],
+        ),
+    )
+    [(line, finding)] = record_secrets([PLAIN, leaky])
+    assert line == 6  # header, PLAIN's 2 lines, the session's line, message 1, then this one
+    assert finding.kind == "OpenAI-style API key" and key not in finding.preview
+    assert record_secrets([PLAIN, SESSION]) == []
