@@ -172,3 +172,26 @@ async def test_auto_mode_records_what_is_missing_and_repeats_replay_in_order(
         ["session 3", "echo hi"],
         ["session 3", "echo hi"],  # used up: the last one again
     ]
+
+
+async def test_a_cassette_directory_holds_the_session_and_replays_it_from_the_file(
+    start_upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    cassettes = tmp_path / "cassettes"
+    upstream = await start_upstream(counting_app(seen := Seen()))
+    url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="auto", cassette="live", cassette_dir=str(cassettes))
+    assert await session(str(proxy.make_url("/live"))) == ["session 1", "echo hi"]
+    await proxy.close()
+    file = cassettes / "live.cassette.jsonl"
+    header, [rec] = cassette_file.loads(file.read_bytes())
+    assert (header.version, rec.response.status, len(rec.messages)) == (2, 101, 4)
+
+    # A teammate edits the file: the replay, from a fresh store, sends the edit.
+    file.write_bytes(file.read_bytes().replace(b'"echo hi"', b'"echo edited"'))
+    fresh = str(tmp_path / "fresh.db")
+    proxy = await start_proxy(
+        url, mode="replay", cassette="live", cassette_dir=str(cassettes), db=fresh
+    )
+    assert await session(str(proxy.make_url("/live"))) == ["session 1", "echo edited"]
+    assert len(seen.headers) == 1
