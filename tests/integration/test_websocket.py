@@ -3,6 +3,7 @@ and recorded per message, then replayed as a conversation with the upstream stop
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -589,3 +590,25 @@ async def test_a_plain_get_never_gets_a_recorded_handshake(
         assert r.status == 404 and r.headers["Rrproxy-Miss"] == "1"
         message = (await r.json())["error"]["message"]
     assert 'header "sec-websocket-version": (absent) != "13"' in message
+
+
+async def test_server_messages_wait_for_the_client_message_they_followed(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await converse(str(proxy.make_url("/v1/realtime")), "one")
+    await proxy.close()
+    await upstream.close()
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    paced = {"Rrproxy-Pace": "100"}  # the recorded gaps, a hundred times faster
+    url = proxy.make_url("/v1/realtime")
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=paced) as ws:
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        with pytest.raises(TimeoutError):  # nothing more until the client speaks
+            await asyncio.wait_for(ws.receive(), 0.3)
+        await ws.send_str(json.dumps(CONVERSATION[0]))
+        assert json.loads((await ws.receive()).data)["type"] == "session.updated"
+    assert await converse(str(url), "two", headers=paced) == recorded
