@@ -612,3 +612,11 @@ async def test_server_messages_wait_for_the_client_message_they_followed(
         await ws.send_str(json.dumps(CONVERSATION[0]))
         assert json.loads((await ws.receive()).data)["type"] == "session.updated"
     assert await converse(str(url), "two", headers=paced) == recorded
+
+
+async def test_an_upstream_that_is_not_there_is_a_502_naming_it(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy("http://127.0.0.1:9", mode="record")  # the discard port: closed
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await http.ws_connect(proxy.make_url("/v1/realtime"))
+    assert caught.value.status == 502

@@ -195,3 +195,53 @@ async def test_a_cassette_directory_holds_the_session_and_replays_it_from_the_fi
     )
     assert await session(str(proxy.make_url("/live"))) == ["session 1", "echo edited"]
     assert len(seen.headers) == 1
+
+
+def hand_written(url: str, *messages: dict[str, object]) -> bytes:
+    """A cassette file with one WebSocket session, as a person would write it."""
+    head = {
+        "request": {
+            "method": "GET",
+            "url": url,
+            "headers": [["Sec-WebSocket-Version", "13"]],
+            "body": "",
+        },
+        "response": {"status": 101, "headers": []},
+        "complete": True,
+        "outcome": "complete",
+        "error": None,
+        "recorded_at": "2026-12-02T12:00:00.000000Z",
+        "ttfb_ms": 1.0,
+        "duration_ms": 10.0,
+        "events": 0,
+        "messages": len(messages),
+    }
+    header = {"format": "rrproxy-cassette", "version": 2, "name": "hand", "interactions": 1}
+    return b"".join(json.dumps(line).encode() + b"\n" for line in (header, head, *messages))
+
+
+async def test_a_hand_written_session_is_replayed_and_its_end_enforced(
+    start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    cassettes = tmp_path / "cassettes"
+    cassettes.mkdir()
+    upstream = "http://127.0.0.1:9"  # nothing listens: replay never forwards
+    (cassettes / "hand.cassette.jsonl").write_bytes(
+        hand_written(
+            upstream + "/chat",
+            {"t": 2.0, "from": "server", "text": "welcome"},
+            {"t": 3.0, "from": "client", "text": '{"q": 1}'},
+            {"t": 4.0, "from": "server", "b64": "AAE="},
+        )  # and no close: the session ends when the client's messages run out
+    )
+    proxy = await start_proxy(upstream, mode="replay", cassette="hand", cassette_dir=str(cassettes))
+    async with aiohttp.ClientSession() as http, http.ws_connect(proxy.make_url("/chat")) as ws:
+        assert (await ws.receive()).data == "welcome"
+        await ws.send_str('{ "q" : 1 }')  # the same JSON, spaced otherwise
+        assert (await ws.receive()).data == b"\x00\x01"
+        await ws.send_str("one more")
+        closed = await ws.receive()
+    assert (closed.type, ws.close_code) == (WSMsgType.CLOSE, 1008)
+    assert (
+        closed.extra == "rrproxy replay miss: message 2: the recording has no more client messages"
+    )
