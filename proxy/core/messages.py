@@ -28,6 +28,8 @@ from proxy.core.redact import REDACTED
 
 ABNORMAL = 1006
 """The close code of a connection that ended without a close frame (RFC 6455 7.1.5)."""
+NO_STATUS = 1005
+"""The code recorded for a close frame without one (RFC 6455 7.1.5); never sent."""
 POLICY_VIOLATION = 1008
 """The close code a replay answers a client message that the recording does not hold."""
 MAX_REASON_BYTES = 123

@@ -143,6 +143,10 @@ def create_app(settings: Settings) -> web.Application:
             return await websocket.handle(request, app[SERVICES], app[RUN])
         return await handle(request, app[SERVICES], app[RUN])
 
+    async def stop_websockets(app: web.Application) -> None:
+        await websocket.stop_sessions(app[RUN])  # before the wait for running handlers
+
+    app.on_shutdown.append(stop_websockets)
     # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline
     connect.setup(app, settings, proxy_handler, error_response)
     admin.setup(app)  # /_rrproxy/*, never forwarded: after the forward proxy's middleware

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class RunState:
     miss_listeners: list[Callable[[str], None]] = field(default_factory=list)
     """Called with the message of each replay miss that happens after a response has begun
     (a WebSocket client message that differs): the pytest plugin fails the test with it."""
+    websockets: set[asyncio.Task[object]] = field(default_factory=set)
+    """The handlers of the WebSocket sessions open now: stopped when the proxy stops (a
+    session has no end of its own to wait for)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)

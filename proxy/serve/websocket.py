@@ -48,6 +48,17 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     stored = services.redactor.request(wanted)
     stored = Request(stored.method, stored.url, redact_handshake(stored.headers), b"")
     session = Session(request, services, state, ctl, wanted, stored, t0)
+    task: asyncio.Task[object] | None = asyncio.current_task()
+    if task is not None:
+        state.websockets.add(task)
+    try:
+        return await _handle(session)
+    finally:
+        state.websockets.discard(task)
+
+
+async def _handle(session: Session) -> web.StreamResponse:
+    request, services, ctl, stored = session.request, session.services, session.ctl, session.stored
     if ctl.mode in (Mode.PASSTHROUGH, Mode.RECORD):
         return await forward(session, key=None)
     found = await services.index.resolve(
@@ -60,7 +71,7 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     if isinstance(found, Entry):
         if found.head.status != 101:  # the upstream refused the handshake: the same answer
             response, _ = await replay_http(
-                request, ctl.cassette, found, services.bodies, ctl.pace, t0
+                request, ctl.cassette, found, services.bodies, ctl.pace, session.t0
             )
             log_session(session, response.status, "replayed", 0)
             return response
@@ -69,3 +80,10 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         log_session(session, 404, found.log, 0)
         raise ReplayMiss(found.message)
     return await forward(session, key=found.key)
+
+
+async def stop_sessions(state: RunState) -> None:
+    """The proxy stops: end the WebSocket sessions still open (their handlers are cancelled;
+    a recording is kept as incomplete, never replayed), rather than wait for them."""
+    for task in list(state.websockets):
+        task.cancel()

@@ -23,8 +23,10 @@ from aiohttp import WSMsgType, web
 from yarl import URL
 
 from proxy.config import Mode
+from proxy.core.headers import end_to_end
 from proxy.core.messages import (
     ABNORMAL,
+    NO_STATUS,
     Kind,
     Message,
     close_of,
@@ -64,10 +66,12 @@ async def _connect(session: Session) -> aiohttp.ClientWebSocketResponse | web.Re
             max_msg_size=0,
         )
     except aiohttp.WSServerHandshakeError as exc:
-        refused = exc.headers.items() if exc.headers is not None else ()
+        # Its status and headers; aiohttp does not keep the body of a refused handshake, so
+        # the headers that describe one go too.
+        refused = end_to_end(exc.headers.items() if exc.headers is not None else ())
         return web.Response(
             status=exc.status,
-            headers=[(n, v) for n, v in refused if n.lower() not in ("content-length",)],
+            headers=[(n, v) for n, v in refused if not n.lower().startswith("content-")],
         )
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamError(
@@ -131,7 +135,8 @@ async def forward(session: Session, *, key: str | None) -> web.StreamResponse:
         await ws.prepare(session.request)
         await pumps.run()
     except asyncio.CancelledError:
-        pumps.outcome, pumps.error = Outcome.INCOMPLETE, "the proxy stopped mid-session"
+        if not pumps.closed:  # (a session that had ended is whole: the rest is the goodbye)
+            pumps.outcome, pumps.error = Outcome.INCOMPLETE, "the proxy stopped mid-session"
         raise
     finally:
         await upstream.close()
@@ -235,8 +240,8 @@ class _Pumps:
             elif msg.type is WSMsgType.PONG:
                 with contextlib.suppress(ConnectionError):
                     await dst.pong(msg.data)
-            elif msg.type is WSMsgType.CLOSE:
-                await self._closed_by(from_client, msg.data, msg.extra or "")
+            elif msg.type is WSMsgType.CLOSE:  # code 0: a close without one (1005)
+                await self._closed_by(from_client, msg.data or NO_STATUS, msg.extra or "")
                 return
             else:  # CLOSING: our own close of this side is under way; CLOSED, ERROR: a drop
                 if msg.type is not WSMsgType.CLOSING and not self.closed:
@@ -250,6 +255,7 @@ class _Pumps:
         self.closed = True
         self._record(close_of(self._ms(), from_client, code, reason))
         src, dst = (self.ws, self.upstream) if from_client else (self.upstream, self.ws)
+        code = 1000 if code == NO_STATUS else code  # 1005 is never sent (RFC 6455 7.4.1)
         with contextlib.suppress(ConnectionError, RuntimeError):
             await dst.close(code=code, message=reason.encode("utf-8"))
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -21,6 +21,7 @@ from proxy.config import Pace
 from proxy.core.headers import get
 from proxy.core.messages import (
     ABNORMAL,
+    NO_STATUS,
     POLICY_VIOLATION,
     Kind,
     Message,
@@ -165,14 +166,14 @@ class _Conversation:
             self.what = f"replayed (client gone after {received} message(s))"
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.close(code=close.code or 1000)
+            await self.ws.close(code=_sendable(close.code))
 
     async def _server_close(self, recorded: Message) -> None:
         if recorded.code == ABNORMAL:  # the upstream broke it: the client's connection too
             self.what = "replayed (upstream broken)"
             break_connection(self.session.request)
             return
-        await self.ws.close(code=recorded.code or 1000, message=recorded.data)
+        await self.ws.close(code=_sendable(recorded.code), message=recorded.data)
 
     async def _mismatch(self, number: int, diffs: list[str]) -> None:
         """Close with 1008 and a reason naming the first difference; log it as a miss."""
@@ -194,3 +195,9 @@ class _Conversation:
             )
         reason = close_reason(f"rrproxy replay miss: message {number}: {diffs[0]}")
         await self.ws.close(code=POLICY_VIOLATION, message=reason.encode("utf-8"))
+
+
+def _sendable(code: int | None) -> int:
+    """A recorded close code as a close frame may carry it: 1005 (the close had no code)
+    is never sent (RFC 6455 7.4.1), 1000 goes instead."""
+    return 1000 if code is None or code in (0, NO_STATUS) else code

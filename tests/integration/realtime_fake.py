@@ -23,6 +23,7 @@ class Seen:
     messages: list[Any] = field(default_factory=list)
     closes: list[int | None] = field(default_factory=list)
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # a session has ended
 
 
 def _event(kind: str, n: int, **fields: Any) -> str:
@@ -104,6 +105,7 @@ def realtime_app(seen: Seen) -> web.Application:
                 seen.dropped.set()
                 break
         seen.closes.append(ws.close_code)
+        seen.closed.set()
         return ws
 
     app = web.Application()

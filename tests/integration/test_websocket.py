@@ -484,7 +484,9 @@ async def test_a_client_that_drops_its_connection_is_recorded_as_gone(
     proxy = await start_proxy(upstream, mode="record")
     url = str(proxy.make_url("/v1/realtime").with_scheme("ws"))
     assert await session(url) == "session.created"
-    await proxy.close()  # the session is over once the proxy has stopped
+    async with asyncio.timeout(30):
+        await seen.closed.wait()  # the proxy has seen the drop and ended the session
+    await proxy.close()
     await upstream.close()
     assert seen.closes == [1001]  # the upstream session was closed: going away
     [(_, _, _, _, outcome, _)] = interactions(db_path)
@@ -620,3 +622,46 @@ async def test_an_upstream_that_is_not_there_is_a_502_naming_it(start_proxy: Sta
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
             await http.ws_connect(proxy.make_url("/v1/realtime"))
     assert caught.value.status == 502
+
+
+async def test_stopping_the_proxy_ends_open_sessions_and_keeps_them_as_incomplete(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(Seen()))
+    proxy = await start_proxy(upstream, mode="record")
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(proxy.make_url("/v1/realtime"))
+        assert json.loads((await ws.receive()).data)["type"] == "session.created"
+        # aiohttp waits 60 s for running handlers; an open session is not waited for
+        async with asyncio.timeout(30):
+            await proxy.close()
+            ended = await ws.receive()
+        assert ended.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await ws.close()
+    [(_, _, status, _, outcome, error)] = interactions(db_path)
+    assert (status, outcome, error) == (101, "incomplete", "the proxy stopped mid-session")
+
+
+async def test_a_close_without_a_code_is_recorded_as_1005_and_replayed(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    upstream = await start_upstream(realtime_app(seen := Seen()))
+    upstream_url = str(upstream.make_url("")).rstrip("/")
+
+    async def session(url: str) -> tuple[aiohttp.WSMsgType, int]:
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, autoclose=False) as ws:
+            assert json.loads((await ws.receive()).data)["type"] == "session.created"
+            await ws.send_frame(b"", aiohttp.WSMsgType.CLOSE)  # a close frame with no code
+            answer = await ws.receive()
+            return answer.type, answer.data
+
+    proxy = await start_proxy(upstream, mode="record")
+    recorded = await session(str(proxy.make_url("/v1/realtime")))
+    assert recorded == (aiohttp.WSMsgType.CLOSE, 1000)
+    await proxy.close()
+    await upstream.close()
+    assert seen.closes == [1000]
+    assert stored_messages(db_path)[-1][1:] == ("client", "close", 0, 1005)
+
+    proxy = await start_proxy(upstream_url, mode="replay")
+    assert await session(str(proxy.make_url("/v1/realtime"))) == recorded
