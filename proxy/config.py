@@ -116,9 +116,17 @@ class Settings:
     @property
     def effective_rules(self) -> MatchRules:
         """Matching never depends on redacted query parameters: a key recorded with one
-        secret replays for anyone."""
+        secret replays for anyone. A WebSocket handshake's subprotocols are matched."""
         ignored = (*self.matching.ignore_query_params, *sorted(self.redact.query_params))
-        return replace(self.matching, ignore_query_params=tuple(dict.fromkeys(ignored)))
+        # A WebSocket handshake matches on its version and subprotocols too (absent from other
+        # requests: a handshake never answers a plain GET, nor the other way round); a key a
+        # subprotocol carries is redacted before.
+        headers = (*self.matching.match_headers, "sec-websocket-version", "sec-websocket-protocol")
+        return replace(
+            self.matching,
+            ignore_query_params=tuple(dict.fromkeys(ignored)),
+            match_headers=tuple(dict.fromkeys(headers)),
+        )
 
 
 def database_url(db: str) -> str:

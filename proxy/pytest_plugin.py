@@ -196,8 +196,11 @@ class ProxyThread:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        from proxy.serve.state import RUN
+
         app = self._app = create_app(self.settings)
         app.on_response_prepare.append(self._on_prepare)
+        app[RUN].miss_listeners.append(self.misses.append)  # a WebSocket message that differs
         runner = web.AppRunner(
             app,
             access_log=None,

@@ -9,7 +9,14 @@ UTF-8 JSON Lines, one object a line, "\\n" after each:
     {"t": 402.7, "data": "data: {...}\n\n", "pieces": [[0, 390.1], [17, 402.7]]}
 
 A header, then for each interaction one line for the request and response head followed
-by one line per event. Text is stored as text (a body or an event that is valid UTF-8);
+by one line per event. A WebSocket session (version 2) is an interaction whose response is
+the upstream's `101`: its line says how many `messages` follow the (no) events, one line
+each, in order:
+
+    {"t": 2.5, "from": "server", "text": "{\"type\": \"session.created\"}"}
+    {"t": 9.0, "from": "client", "b64": "AAEC"}
+    {"t": 30.1, "from": "client", "close": 1000, "reason": ""}
+ Text is stored as text (a body or an event that is valid UTF-8);
 only bytes that are not UTF-8 are base64 (`body_b64`, `b64`). Headers are `[name, value]`
 pairs, in the order sent (a name may repeat). Keys come in a fixed order and floats in
 Python's shortest round-trip form, so writing what was read gives the same bytes.
@@ -20,7 +27,8 @@ cut at any line boundary fail to read, as a file cut inside a line does.
 `pieces` (version 2; omitted for an event that arrived in one piece at its time, so an
 event line of version 1 is written as it was) says where each piece the event arrived in
 starts in its bytes and when it arrived (`proxy.core.pieces`): a replay at recorded pace
-sends each piece at its time. Version 1 files (no `pieces`) are read as they are.
+sends each piece at its time. Version 1 files (no `pieces`, no messages) are read as they
+are.
 
 Reading checks every line, refuses what version 2 does not know (vcrpy `serialize.py`,
 mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
@@ -39,6 +47,7 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from proxy.cassettes.lines import TOKEN, Fields, Lines, parse_object
+from proxy.core.messages import Kind, Message
 from proxy.core.pieces import Pieces, normal
 from proxy.core.records import (
     CASSETTE_FILE_SUFFIX,
@@ -52,7 +61,7 @@ from proxy.core.records import (
 FORMAT = "rrproxy-cassette"
 VERSION = 2
 READS = (1, 2)
-"""The versions read: 1 has no `pieces`."""
+"""The versions read: 1 has no `pieces` and no WebSocket messages."""
 SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -76,6 +85,12 @@ class Recorded:
     ttfb_ms: float
     duration_ms: float | None
     events: tuple[Event, ...]
+    messages: tuple[Message, ...] = ()
+    """A WebSocket session's messages (its response is a 101 and it has no events)."""
+
+    @property
+    def websocket(self) -> bool:
+        return self.response.status == 101
 
     @property
     def complete(self) -> bool:
@@ -97,8 +112,10 @@ def file_name(cassette: str) -> str:
 # -- writing -------------------------------------------------------------------------------
 
 
-def header_line(name: str, interactions: int) -> bytes:
-    return _line({"format": FORMAT, "version": VERSION, "name": name, "interactions": interactions})
+def header_line(name: str, interactions: int, version: int = VERSION) -> bytes:
+    """The header. Files are written in the newest version (`version` is the one a file
+    that is copied through was read in, so its fingerprint stays what it was)."""
+    return _line({"format": FORMAT, "version": version, "name": name, "interactions": interactions})
 
 
 def interaction_lines(rec: Recorded) -> Iterator[bytes]:
@@ -123,10 +140,13 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
             "ttfb_ms": rec.ttfb_ms,
             "duration_ms": rec.duration_ms,
             "events": len(rec.events),
+            **({"messages": len(rec.messages)} if rec.websocket else {}),
         }
     )
     for event in rec.events:
         yield event_line(event)
+    for message in rec.messages:
+        yield _line(_message_json(message))
 
 
 def event_line(event: Event) -> bytes:
@@ -134,6 +154,18 @@ def event_line(event: Event) -> bytes:
     if event.pieces is not None:
         obj["pieces"] = [[offset, t] for offset, t in event.pieces]
     return _line(obj)
+
+
+def _message_json(message: Message) -> dict[str, Any]:
+    line: dict[str, Any] = {"t": message.t_ms, "from": message.who}
+    if message.kind is Kind.CLOSE:
+        line["close"] = message.code
+        line["reason"] = message.data.decode("utf-8", "replace")
+    elif message.kind is Kind.TEXT:
+        line["text"] = message.data.decode("utf-8")  # a text message is UTF-8
+    else:
+        line["b64"] = base64.b64encode(message.data).decode("ascii")
+    return line
 
 
 def dump(name: str, interactions: Iterable[Recorded]) -> bytes:
@@ -180,6 +212,7 @@ def read(
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
     header = _header(parse_object(first, lines), lines)
+    lines.version = header.version
     yield header
     count = 0
     while (text := lines.next()) is not None:
@@ -193,7 +226,7 @@ def read(
                 f"the header (line 1) announces {header.interactions} interaction(s); "
                 "this line starts one more"
             )
-        head, expected = _interaction(obj, lines)
+        head, expected, n_messages = _interaction(obj, lines)
         events: list[Event] = []
         while len(events) < expected:
             text = lines.next()
@@ -203,8 +236,17 @@ def read(
                     f"interaction on line {at} announces (a truncated file?)"
                 )
             events.append(_event(parse_object(text, lines), lines, header.version))
+        messages: list[Message] = []
+        while len(messages) < n_messages:
+            text = lines.next()
+            if text is None:
+                raise lines.error(
+                    f"the file ends after {len(messages)} of the {n_messages} messages that "
+                    f"the interaction on line {at} announces (a truncated file?)"
+                )
+            messages.append(_message(parse_object(text, lines), lines))
         count += 1
-        yield replace(head, events=tuple(events))
+        yield replace(head, events=tuple(events), messages=tuple(messages))
     if count < header.interactions:
         raise lines.error(
             f"the header (line 1) announces {header.interactions} interaction(s), the file has "
@@ -233,7 +275,8 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
             "upgrade rrproxy"
         )
     f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
-    if f.get("version", int) not in READS:
+    version = f.get("version", int)
+    if version not in READS:
         raise f.fail("version", f"must be one of {', '.join(map(str, READS))}")
     try:
         name = check_cassette_name(f.get("name", str))
@@ -242,11 +285,12 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     interactions = f.get("interactions", int)
     if interactions < 0:
         raise f.fail("interactions", "must be 0 or more")
-    return Header(name, interactions, f.get("version", int))
+    return Header(name, interactions, version)
 
 
-def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
-    """The interaction without its events yet, and how many events follow."""
+def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]:
+    """The interaction without its events yet, how many events follow, and how many
+    WebSocket messages after them."""
     known = (
         "request",
         "response",
@@ -257,14 +301,22 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         "ttfb_ms",
         "duration_ms",
         "events",
+        "messages",
     )
     f = Fields(obj, "", lines, known)
     request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
     events = f.get("events", int)
     if events < 0:
         raise f.fail("events", "must be 0 or more")
+    messages = f.get("messages", int, optional=True)
+    if messages is not None and lines.version < 2:
+        raise f.fail("messages", "needs cassette format version 2 (the header says 1)")
     resp = Fields(f.get("response", dict), "response: ", lines, ("status", "headers"))
-    response = ResponseHead(_status(resp, request.method, events), resp.headers("headers"))
+    if messages is None:
+        status = _status(resp, request.method, events)
+    else:
+        status = _websocket_status(resp, f, request.method, events, messages)
+    response = ResponseHead(status, resp.headers("headers"))
     outcome_text = f.get("outcome", str)
     outcome = _OUTCOMES.get(outcome_text)
     if outcome is None:
@@ -284,7 +336,21 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
     )
-    return head, events
+    return head, events, messages or 0
+
+
+def _websocket_status(resp: Fields, f: Fields, method: str, events: int, messages: int) -> int:
+    """A WebSocket session's: a 101 to a GET, with messages and no events."""
+    status: int = resp.get("status", int)
+    if status != 101:
+        raise resp.fail("status", "must be 101 for an interaction with 'messages'")
+    if method != "GET":
+        raise f.fail("messages", "belong to a WebSocket handshake, which is a GET")
+    if messages < 0:
+        raise f.fail("messages", "must be 0 or more")
+    if events:
+        raise f.fail("events", "must be 0 for a WebSocket session (its body is its messages)")
+    return status
 
 
 _REQUEST_FIELDS = ("method", "url", "headers", "body", "body_b64")
@@ -369,3 +435,37 @@ def _pieces(f: Fields, raw: list[Any], t: float, size: int) -> Pieces | None:
     if not pieces:
         raise f.fail("pieces", "must hold one piece or more (or be left out)")
     return normal(pieces, t)
+
+
+_WHO = {"client": True, "server": False}
+
+
+def _message(obj: dict[str, Any], lines: Lines) -> Message:
+    if "request" in obj:
+        raise lines.error(
+            "expected a message line, found an interaction line (the previous interaction "
+            "announces more messages than it has)"
+        )
+    f = Fields(obj, "message: ", lines, ("t", "from", "text", "b64", "close", "reason"))
+    t = f.number("t")
+    assert t is not None
+    who = _WHO.get(f.get("from", str))
+    if who is None:
+        raise f.fail("from", "must be client or server")
+    if sum(k in obj for k in ("text", "b64", "close")) != 1:
+        raise lines.error("message: needs exactly one of 'text', 'b64', 'close'")
+    if ("reason" in obj) != ("close" in obj):
+        raise lines.error("message: 'reason' goes with 'close', and only with it")
+    if "close" in obj:
+        code = f.get("close", int)
+        if not 1000 <= code <= 4999:
+            raise f.fail("close", "must be a close code from 1000 to 4999")
+        reason = f.text("reason")
+        return Message(t, who, Kind.CLOSE, reason.encode("utf-8"), code)
+    if "text" in obj:
+        try:
+            data = f.get("text", str).encode("utf-8")
+        except UnicodeEncodeError:
+            raise f.fail("text", "holds a lone surrogate (a text message is UTF-8)") from None
+        return Message(t, who, Kind.TEXT, data)
+    return Message(t, who, Kind.BINARY, f.data("unused", "b64"))

@@ -29,6 +29,7 @@ class Lines:
         self._source = source
         self._max = max_line
         self.version_hint = version_hint  # said of an unknown field
+        self.version = 1  # the file's, once its header is read
         self.number = 0
 
     def error(self, reason: str, line: int | None = None) -> CassetteFileError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -24,13 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from proxy.cassettes import file_format as cassette_file
 from proxy.cassettes.file_format import Header, Recorded
 from proxy.cassettes.files import open_regular
+from proxy.core.messages import redact_handshake
 from proxy.core.pieces import encode, split
-from proxy.core.records import Outcome, check_cassette_name
+from proxy.core.records import Event as EventRecord
+from proxy.core.records import Outcome, Request, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
 from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
 from proxy.store import ledger, queries
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Event, Interaction, Message
 
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
@@ -60,7 +62,7 @@ class Imported:
 
 async def _recorded(
     conn: AsyncConnection, name: str, *, finished_only: bool
-) -> tuple[int, AsyncIterator[Recorded]]:
+) -> tuple[int, int, AsyncIterator[Recorded]]:
     """How many interactions there are, and each in full (events loaded one interaction
     at a time). An interaction still being recorded counts as incomplete, or is left out."""
     heads = await queries.interactions(conn, name, required=True, finished_only=finished_only)
@@ -79,17 +81,23 @@ async def _recorded(
                 ttfb_ms=head.ttfb_ms,
                 duration_ms=head.duration_ms,
                 events=tuple(await queries.events(conn, head.id)),
+                messages=(
+                    tuple(await queries.messages(conn, head.id))
+                    if head.response.status == 101
+                    else ()
+                ),
             )
 
-    return len(heads), each()
+    version = cassette_file.VERSION
+    return len(heads), version, each()
 
 
 async def _lines(
     conn: AsyncConnection, name: str, *, as_name: str | None = None, finished_only: bool = False
 ) -> AsyncIterator[tuple[int, Recorded | None, bytes]]:
     """The cassette file's lines, numbered from 1, each with the interaction it starts."""
-    count, recs = await _recorded(conn, name, finished_only=finished_only)
-    yield 1, None, cassette_file.header_line(as_name or name, count)
+    count, version, recs = await _recorded(conn, name, finished_only=finished_only)
+    yield 1, None, cassette_file.header_line(as_name or name, count, version)
     number = 1
     async for rec in recs:
         for i, line in enumerate(cassette_file.interaction_lines(rec)):
@@ -119,7 +127,7 @@ async def export(
                 if not allow_secrets:
                     found = [
                         *scan_request(rec.request, redactor),
-                        *scan_response(rec.response, rec.events, redactor),
+                        *scan_response(rec.response, body(rec), redactor),
                     ]
                     findings.extend((number + (f.event or 0), f) for f in found)
     if findings:
@@ -131,7 +139,7 @@ async def records(engine: AsyncEngine, name: str, *, allow_secrets: bool = False
     """The cassette's interactions as `export` writes them (for other formats: HAR), after
     the same secret scan; `SecretsFound` names lines of the cassette file it would be."""
     async with engine.connect() as conn:
-        _, each = await _recorded(conn, name, finished_only=False)
+        _, _, each = await _recorded(conn, name, finished_only=False)
         recs = [rec async for rec in each]
     findings = [] if allow_secrets else record_secrets(recs)
     if findings:
@@ -145,9 +153,9 @@ def record_secrets(recs: Sequence[Recorded]) -> list[tuple[int, Finding]]:
     line = 1
     for rec in recs:
         line += 1
-        found = [*scan_request(rec.request), *scan_response(rec.response, rec.events)]
+        found = [*scan_request(rec.request), *scan_response(rec.response, body(rec))]
         findings.extend((line + (f.event or 0), f) for f in found)
-        line += len(rec.events)
+        line += len(rec.events) + len(rec.messages)
     return findings
 
 
@@ -176,7 +184,7 @@ def check_file(
     for item in _read(path, max_bytes=max_bytes, max_line=max_line):
         if isinstance(item, Header):
             header = item
-            h.update(cassette_file.header_line(name or item.name, item.interactions))
+            h.update(cassette_file.header_line(name or item.name, item.interactions, item.version))
         else:
             for line in cassette_file.interaction_lines(item):
                 h.update(line)
@@ -222,7 +230,7 @@ async def import_file(
         h = hashlib.sha256()
         for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
             if isinstance(item, Header):
-                h.update(cassette_file.header_line(target, item.interactions))
+                h.update(cassette_file.header_line(target, item.interactions, item.version))
                 continue
             for line in cassette_file.interaction_lines(item):
                 h.update(line)
@@ -263,11 +271,12 @@ async def _new_cassette(conn: AsyncConnection, name: str) -> int:
 
 
 def _redacted(rec: Recorded, redactor: Redactor) -> Recorded:
-    return replace(
-        rec,
-        request=redactor.request(rec.request),
-        response=redactor.head(rec.response),
-    )
+    request = redactor.request(rec.request)
+    if rec.websocket:  # a key in a subprotocol, as recording redacts it
+        request = Request(
+            request.method, request.url, redact_handshake(request.headers), request.body
+        )
+    return replace(rec, request=request, response=redactor.head(rec.response))
 
 
 async def import_records(
@@ -343,11 +352,19 @@ def find_secrets(
         rec = _redacted(item, redactor)
         found = [
             *scan_request(rec.request, redactor),
-            *scan_response(rec.response, rec.events, redactor),
+            *scan_response(rec.response, body(rec), redactor),
         ]
         findings.extend((line + (f.event or 0), f) for f in found)
-        line += len(item.events)
+        line += len(item.events) + len(item.messages)
     return findings
+
+
+def body(rec: Recorded) -> Iterable[EventRecord]:
+    """What the secret scan reads of a response: its events, or a WebSocket session's
+    messages (each counted as an event, on the line after the one before)."""
+    if not rec.messages:
+        return rec.events
+    return (EventRecord(m.t_ms, m.data) for m in rec.messages)
 
 
 async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
@@ -366,8 +383,8 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             started_at=rec.recorded_at,
             ttfb_ms=rec.ttfb_ms,
             duration_ms=rec.duration_ms,
-            event_count=len(rec.events),
-            body_size=sum(len(e.data) for e in rec.events),
+            event_count=len(rec.events) + len(rec.messages),
+            body_size=sum(len(e.data) for e in rec.events) + sum(len(m) for m in rec.messages),
             body_sha256=ledger.body_sha256(rec.events),
         )
         .returning(Interaction.id)
@@ -394,3 +411,19 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
                 rows = []
     if rows:
         await conn.execute(insert(Event), rows)
+    if rec.messages:
+        await conn.execute(
+            insert(Message),
+            [
+                {
+                    "interaction_id": interaction_id,
+                    "seq": i,
+                    "t_ms": m.t_ms,
+                    "from_client": m.from_client,
+                    "kind": m.kind.value,
+                    "data": m.data,
+                    "code": m.code,
+                }
+                for i, m in enumerate(rec.messages)
+            ],
+        )

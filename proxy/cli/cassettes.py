@@ -20,6 +20,7 @@ from proxy.cli import interchange, output
 from proxy.cli.event_view import shown_events
 from proxy.cli.store import Store, run
 from proxy.config import Settings
+from proxy.core.messages import Message
 from proxy.core.records import Event
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
 from proxy.store import maintenance, queries
@@ -47,11 +48,18 @@ def ls_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def show_command(settings: Settings, args: argparse.Namespace) -> int:
-    async def work(store: Store) -> list[tuple[StoredInteraction, list[Event]]]:
+    async def work(store: Store) -> list[tuple[StoredInteraction, list[Event], list[Message]]]:
         found = await queries.interactions(store.reader, args.name, required=True)
         if args.no_events:
-            return [(i, []) for i in found]
-        return [(i, await queries.events(store.reader, i.id)) for i in found]
+            return [(i, [], []) for i in found]
+        return [
+            (
+                i,
+                await queries.events(store.reader, i.id),
+                await queries.messages(store.reader, i.id) if i.response.status == 101 else [],
+            )
+            for i in found
+        ]
 
     shown = run(settings, work)
     if args.json:
@@ -59,11 +67,25 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
             {
                 "name": args.name,
                 "interactions": [
-                    output.interaction_json(i, evs, args.no_events) for i, evs in shown
+                    output.interaction_json(i, evs, args.no_events, msgs) for i, evs, msgs in shown
                 ],
             }
         )
         return 0
+    n_events = sum(i.events for i, _, _ in shown)
+    size = sum(i.size for i, _, _ in shown)
+    print(
+        f"cassette {args.name!r}: {len(shown)} interaction(s), {n_events} events, "
+        + output.size(size)
+    )
+    for info, evs, msgs in shown:
+        print()
+        print(output.interaction_text(info))
+        for event in evs:
+            print(output.event_text(event))
+        for message in msgs:
+            print(output.message_text(message))
+    return 0
     n_events = sum(i.events for i, _ in shown)
     size = sum(i.size for i, _ in shown)
     print(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from proxy.cassettes.file_format import format_time
+from proxy.core.messages import Message, as_json, preview
 from proxy.core.records import Event
 from proxy.errors import ConfigError
 from proxy.files import atomic_write
@@ -114,7 +115,9 @@ def cassette_json(i: CassetteInfo) -> dict[str, Any]:
 # -- show -------------------------------------------------------------------------------------
 
 
-def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) -> dict[str, Any]:
+def interaction_json(
+    i: StoredInteraction, evs: list[Event], no_events: bool, msgs: Sequence[Message] = ()
+) -> dict[str, Any]:
     obj: dict[str, Any] = {
         "number": i.number,
         "method": i.request.method,
@@ -131,7 +134,17 @@ def interaction_json(i: StoredInteraction, evs: list[Event], no_events: bool) ->
     }
     if not no_events:
         obj["body"] = [event_json(e) for e in evs]
+        if i.response.status == 101:  # a WebSocket session: its messages
+            obj["messages"] = [as_json(m) for m in msgs]
     return obj
+
+
+def message_text(message: Message) -> str:
+    """`   12.5 ms  <- 1.2 kB  {"type": "session.created", ...` (-> client to upstream)."""
+    return (
+        f"    {message.t_ms:>9.1f} ms  {message.arrow} {size(len(message.data)):>8}  "
+        + printable(preview(message, 72))
+    )
 
 
 def event_json(event: Event) -> dict[str, Any]:
@@ -147,9 +160,11 @@ def event_json(event: Event) -> dict[str, Any]:
 def interaction_text(i: StoredInteraction) -> str:
     took = f"took {i.duration_ms:.0f} ms" if i.duration_ms is not None else "no end"
     state = "complete" if i.complete else i.outcome.value.replace("_", " ")
+    websocket = i.response.status == 101
     lines = [
         f"#{i.number}  {i.request.method} {printable(i.request.url)}",
-        f"    {i.response.status}, {i.events} events, {size(i.size)}, "
+        f"    {i.response.status}, {i.events} {'messages' if websocket else 'events'}, "
+        f"{size(i.size)}, "
         f"first byte {i.ttfb_ms:.0f} ms, {took}, {state}; recorded {table_time(i.recorded_at)}",
     ]
     if i.error:

@@ -25,6 +25,7 @@ from aiohttp import web
 from proxy import __version__
 from proxy.cassettes.file_format import format_time
 from proxy.core.hosts import host_matches, names_this_host, parse_authority
+from proxy.core.messages import as_json
 from proxy.core.printable import printable
 from proxy.core.records import check_cassette_name
 from proxy.errors import BadRequest, MethodNotAllowed, NotFound, NotJson, Refused, StoreError
@@ -93,6 +94,40 @@ async def run(request: web.Request) -> web.Response:
     return web.json_response(summary.json())
 
 
+async def messages(request: web.Request) -> web.Response:
+    """A recorded WebSocket session's messages: `?cassette=NAME&interaction=N` (N counted
+    from 1 in recording order, as `rrproxy show` numbers them), a page at a time (`after`:
+    the last `seq` seen, `limit`: at most 1000)."""
+    services = request.app[SERVICES]
+    q = request.query
+    try:
+        cassette = check_cassette_name(q.get("cassette", request.app[RUN].cassette))
+        number = int(q["interaction"])
+        after = int(q.get("after", "-1"))
+        limit = min(max(int(q.get("limit", "1000")), 1), 1000)
+    except (KeyError, ValueError) as exc:
+        raise BadRequest(
+            "give ?interaction=N (its number in the cassette, from 1) and optionally "
+            f"cassette=NAME, after=SEQ, limit=COUNT ({printable(str(exc))})"
+        ) from None
+    found = await queries.interactions(services.reader, cassette, required=True)
+    if not 1 <= number <= len(found):
+        raise NotFound(f"cassette {cassette!r} has {len(found)} interaction(s), not {number}")
+    i = found[number - 1]
+    page = await queries.message_page(services.reader, i.id, after, limit)
+    return web.json_response(
+        {
+            "cassette": cassette,
+            "interaction": number,
+            "url": services.redactor.redact_url(i.request.url),
+            "status": i.response.status,
+            "outcome": i.outcome.value,
+            "messages": [{"seq": seq, **as_json(m)} for seq, m in page],
+            "next_after": page[-1][0] if len(page) == limit else None,
+        }
+    )
+
+
 async def reset(request: web.Request) -> web.Response:
     """Start a new replay run: every counter back to zero, cassettes and bodies read again
     from the store (which `rrproxy import`/`rm` may have changed meanwhile)."""
@@ -130,6 +165,7 @@ async def _json(request: web.Request) -> dict[str, Any]:
 ENDPOINTS: dict[str, dict[str, Handler]] = {
     "/health": {"GET": health},
     "/cassettes": {"GET": cassettes},
+    "/messages": {"GET": messages},
     "/reset": {"POST": reset},
     "/run": {"GET": run},
     "/cassette": {"PUT": set_cassette},

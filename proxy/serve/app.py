@@ -24,7 +24,7 @@ from proxy.config import Settings
 from proxy.core.printable import printable
 from proxy.errors import RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
-from proxy.serve import admin
+from proxy.serve import admin, websocket
 from proxy.serve.index import Index
 from proxy.serve.pipeline import handle
 from proxy.serve.recorder import Recorder
@@ -159,8 +159,14 @@ def create_app(settings: Settings) -> web.Application:
 
     async def proxy_handler(request: web.Request) -> web.StreamResponse:
         # The app's own state, not `request.app`: requests inside CONNECT tunnels have none.
+        if websocket.is_upgrade(request):
+            return await websocket.handle(request, app[SERVICES], app[RUN])
         return await handle(request, app[SERVICES], app[RUN])
 
+    async def stop_websockets(app: web.Application) -> None:
+        await websocket.stop_sessions(app[RUN])  # before the wait for running handlers
+
+    app.on_shutdown.append(stop_websockets)
     # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline
     connect.setup(app, settings, proxy_handler, error_response)
     admin.setup(app)  # /_rrproxy/*, never forwarded: after the forward proxy's middleware

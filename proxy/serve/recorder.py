@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy.core.messages import Message
 from proxy.core.pieces import Part, encode
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.store.batch_writer import BatchWriter
@@ -50,6 +51,10 @@ MAX_HOLD_S = 60.0
 """A relay held this long without the store taking anything of its recording goes on
 without it: the recording is dropped."""
 _CHECKPOINT_BYTES = 4 * 2**20
+MESSAGE_OVERHEAD = 256
+"""What a queued WebSocket message costs beyond its payload (its objects), counted towards
+the back-pressure bounds so that a session of many small messages stays as bounded as a
+stream of large events."""
 
 
 class Recorder:
@@ -129,6 +134,24 @@ class Recorder:
             pending.size += size
             pending.sizes[rec] = pending.sizes.get(rec, 0) + size
             self._queued(len(rows))
+            if pending.size > self.batch_bytes:
+                self._hurry.set()
+            if pending.size > self._max_pending and self._refusing:
+                self._shed()
+
+    def message(self, rec: Recording, message: Message) -> None:
+        """One message of a WebSocket session, queued as an event is (same back-pressure,
+        same batches); it is stored in `messages`."""
+        seq, size = rec.events, len(message.data)
+        rec.events += 1
+        rec.size += size
+        if not rec.dropped:
+            pending = self._pending
+            pending.events.append((rec, seq, message.t_ms, message, None, False))
+            weight = size + MESSAGE_OVERHEAD  # a session's many small messages weigh too
+            pending.size += weight
+            pending.sizes[rec] = pending.sizes.get(rec, 0) + weight
+            self._queued()
             if pending.size > self.batch_bytes:
                 self._hurry.set()
             if pending.size > self._max_pending and self._refusing:

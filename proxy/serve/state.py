@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -36,6 +38,12 @@ class RunState:
 
     cassette: str
     report: RunReport = field(default_factory=RunReport)
+    miss_listeners: list[Callable[[str], None]] = field(default_factory=list)
+    """Called with the message of each replay miss that happens after a response has begun
+    (a WebSocket client message that differs): the pytest plugin fails the test with it."""
+    websockets: set[asyncio.Task[object]] = field(default_factory=set)
+    """The handlers of the WebSocket sessions open now: stopped when the proxy stops (a
+    session has no end of its own to wait for)."""
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -109,6 +109,24 @@ class Usage(Base):
     cached_tokens: Mapped[int] = mapped_column(Integer)
 
 
+class Message(Base):
+    """One message of a recorded WebSocket session (an interaction whose status is 101), in
+    order: who sent it, its kind (text, binary, close), its payload (a close's reason), and
+    a close's code (1006: the connection dropped without a close)."""
+
+    __tablename__ = "messages"
+
+    interaction_id: Mapped[int] = mapped_column(
+        ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    t_ms: Mapped[float] = mapped_column(Float)
+    from_client: Mapped[bool] = mapped_column(Boolean)
+    kind: Mapped[str] = mapped_column(String(8))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    code: Mapped[int | None] = mapped_column(Integer)
+
+
 class CassetteFile(Base):
     """A cassette directory's file as last loaded or written: unchanged files are not read
     again at start. Keyed by cassette name (the file is `NAME.cassette.jsonl`)."""

@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.core.messages import Kind
+from proxy.core.messages import Message as MessageRecord
 from proxy.core.pieces import Pieces, decode, joined
 from proxy.core.records import Event as EventRecord
 from proxy.core.records import Headers, Outcome, Request, ResponseHead, header_pairs
 from proxy.errors import CassetteNotFound
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Event, Interaction, Message
 
 Source = AsyncEngine | AsyncConnection
 Row = tuple[float, bytes, str | None, bool]
@@ -235,6 +237,53 @@ async def event_rows(source: Source, interaction_id: int) -> AsyncIterator[Row]:
     async for page in event_pages(source, interaction_id):
         for row in page:
             yield row
+
+
+async def message_pages(
+    source: Source, interaction_id: int, page: int = 256
+) -> AsyncIterator[list[MessageRecord]]:
+    """A WebSocket session's messages in order, a page at a time (each page its own short
+    read from an engine, as `event_pages`)."""
+    after = -1
+    while True:
+        rows = await message_page(source, interaction_id, after, page)
+        if not rows:
+            return
+        yield [m for _, m in rows]
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
+
+
+async def message_page(
+    source: Source, interaction_id: int, after: int, limit: int
+) -> list[tuple[int, MessageRecord]]:
+    """Up to `limit` messages of a session after `seq` `after`, each with its `seq`."""
+    async with connected(source) as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    Message.seq,
+                    Message.t_ms,
+                    Message.from_client,
+                    Message.kind,
+                    Message.data,
+                    Message.code,
+                )
+                .where(Message.interaction_id == interaction_id, Message.seq > after)
+                .order_by(Message.seq)
+                .limit(limit)
+            )
+        ).all()
+    return [
+        (r.seq, MessageRecord(r.t_ms, bool(r.from_client), Kind(r.kind), r.data, r.code))
+        for r in rows
+    ]
+
+
+async def messages(source: Source, interaction_id: int) -> list[MessageRecord]:
+    """All of a WebSocket session's messages, in order."""
+    return [m async for page in message_pages(source, interaction_id, 1024) for m in page]
 
 
 async def events(source: Source, interaction_id: int) -> list[EventRecord]:

@@ -20,14 +20,15 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 
+from proxy.core.messages import Message as WsMessage
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.core.usage import Usage
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Event, Interaction, Message
 from proxy.store.models import Usage as UsageRow
 
-EventRow = tuple[Recording, int, float, bytes, str | None, bool]
-"""An event row of a batch: recording, seq, t_ms, data, pieces (`proxy.core.pieces.encode`),
-continues."""
+EventRow = tuple[Recording, int, float, bytes | WsMessage, str | None, bool]
+"""A recording's unit in the queue: recording, seq, t_ms, an event's bytes (or a WebSocket
+session's message), pieces (`proxy.core.pieces.encode`), continues."""
 
 
 @dataclass
@@ -101,12 +102,28 @@ def write_batch(
         ]
         new_ids = dict(zip(batch.begins, db.insert_interactions(rows), strict=True))
     if batch.events:
-        db.insert_events(
-            [
-                (rec.interaction_id or new_ids[rec], seq, t_ms, data, pieces, continues)
-                for rec, seq, t_ms, data, pieces, continues in batch.events
-            ]
-        )
+        events: list[_Row] = []
+        messages: list[_MessageRow] = []
+        for rec, seq, t_ms, data, pieces, continues in batch.events:
+            interaction_id = rec.interaction_id or new_ids[rec]
+            if isinstance(data, bytes):
+                events.append((interaction_id, seq, t_ms, data, pieces, continues))
+            else:
+                messages.append(
+                    (
+                        interaction_id,
+                        seq,
+                        t_ms,
+                        data.from_client,
+                        data.kind.value,
+                        data.data,
+                        data.code,
+                    )
+                )
+        if events:
+            db.insert_events(events)
+        if messages:
+            db.insert_messages(messages)
     # (a recording whose begin the store refused has no row to finish)
     if late := [r for r in batch.ends if r not in new_ids and r.interaction_id is not None]:
         db.finish([(rec.interaction_id, _final(rec)) for rec in late])
@@ -118,6 +135,9 @@ def write_batch(
 
 _Row = tuple[int, int, float, bytes, str | None, bool]
 """An event's row: interaction id, seq, t_ms, data, pieces, continues."""
+_MessageRow = tuple[int, int, float, bool, str, bytes, int | None]
+"""A WebSocket message's row, in the order of `_MESSAGE_COLUMNS`."""
+_MESSAGE_COLUMNS = ("interaction_id", "seq", "t_ms", "from_client", "kind", "data", "code")
 _FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size", "body_sha256")
 """The interaction's columns known once it has ended (`_final`)."""
 _COLUMNS = (
@@ -150,6 +170,8 @@ class Statements(Protocol):
 
     def insert_events(self, rows: list[_Row]) -> None: ...
 
+    def insert_messages(self, rows: list[_MessageRow]) -> None: ...
+
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         """Set the final columns (`_final`) of interactions inserted earlier, by id."""
 
@@ -178,6 +200,10 @@ class CoreStatements:
     def insert_events(self, rows: list[_Row]) -> None:
         values = [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows]
         self._conn.execute(insert(Event), values)
+
+    def insert_messages(self, rows: list[_MessageRow]) -> None:
+        values = [dict(zip(_MESSAGE_COLUMNS, row, strict=True)) for row in rows]
+        self._conn.execute(insert(Message), values)
 
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         statement = (
@@ -235,6 +261,9 @@ class SqliteStatements(CoreStatements):
 
     def insert_events(self, rows: list[_Row]) -> None:
         self._insert("events", _EVENT_COLUMNS, rows)
+
+    def insert_messages(self, rows: list[_MessageRow]) -> None:
+        self._insert("messages", _MESSAGE_COLUMNS, rows)
 
     def _insert(self, table: str, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]) -> None:
         """Multi-row INSERTs: a statement's step releases the GIL and has to win it back
