@@ -81,22 +81,10 @@ def show_command(settings: Settings, args: argparse.Namespace) -> int:
     for info, evs, msgs in shown:
         print()
         print(output.interaction_text(info))
-        for event in evs:
-            print(output.event_text(event))
-        for message in msgs:
-            print(output.message_text(message))
-    return 0
-    n_events = sum(i.events for i, _ in shown)
-    size = sum(i.size for i, _ in shown)
-    print(
-        f"cassette {args.name!r}: {len(shown)} interaction(s), {n_events} events, "
-        + output.size(size)
-    )
-    for info, evs in shown:
-        print()
-        print(output.interaction_text(info))
         for text in shown_events(info.response.headers, evs, full=args.full, pieces=args.pieces):
             print(text)
+        for message in msgs:
+            print(output.message_text(message))
     return 0
 
 
