@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import delete, insert
+from sqlalchemy import ScalarSelect, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
@@ -349,6 +349,12 @@ def find_secrets(
     return findings
 
 
+def _next_ordinal(cassette_id: int) -> ScalarSelect[int]:
+    """The place after the cassette's last: an import appends in its file's order."""
+    last = func.coalesce(func.max(Interaction.ordinal), 0)
+    return select(last + 1).where(Interaction.cassette_id == cassette_id).scalar_subquery()
+
+
 async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
     result = await conn.execute(
         insert(Interaction)
@@ -367,6 +373,7 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             duration_ms=rec.duration_ms,
             event_count=len(rec.events),
             body_size=sum(len(e.data) for e in rec.events),
+            ordinal=_next_ordinal(cassette_id),
         )
         .returning(Interaction.id)
     )

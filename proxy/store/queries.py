@@ -130,7 +130,7 @@ async def interactions(
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     if finished_only:
         stmt = stmt.where(Interaction.outcome != Outcome.RECORDING.value)
@@ -261,7 +261,7 @@ async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
@@ -295,7 +295,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
         )
         .join(Cassette)
         .where(Cassette.name == cassette, Interaction.id.in_(ids))
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
