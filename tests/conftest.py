@@ -62,7 +62,9 @@ def stored(db_path: Path | str) -> list[tuple[str, str | None, int, bytes]]:
     """(outcome, error, event count, body) of each stored interaction, in order, read
     straight from the SQLite file (or the PostgreSQL database a `store_url` names)."""
     if stores.is_postgres(db_path):
-        rows = stores.query(str(db_path), "SELECT id, outcome, error, event_count FROM interactions ORDER BY id")
+        rows = stores.query(
+            str(db_path), "SELECT id, outcome, error, event_count FROM interactions ORDER BY id"
+        )
         return [
             (
                 outcome,

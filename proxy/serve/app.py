@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
@@ -31,7 +32,7 @@ from proxy.serve.recorder import Recorder
 from proxy.serve.replay import Bodies
 from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
 from proxy.serve.upstream import client_session, upstream_ssl_context
-from proxy.store import maintenance
+from proxy.store import changes, instances
 from proxy.store.engine import open_store
 
 log = logging.getLogger(__name__)
@@ -76,12 +77,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         open_store(settings.db_url, writer=True, migrate=True) as writer,
         open_store(settings.db_url, writer=False) as reader,
     ):
-        repaired = await maintenance.mark_unfinished(writer)
+        repaired = await instances.repair(writer)
         if repaired:
             log.warning(
                 "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
             )
-        recorder = Recorder(writer)
+        instance = await instances.register(writer)
+        recorder = Recorder(writer, instance=instance)
         await recorder.warm_up()
         writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
         upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
@@ -94,12 +96,37 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             redactor=settings.redact,
             bodies=Bodies(reader),
         )
+        team = [
+            asyncio.create_task(_heartbeat(writer, instance), name="rrproxy-heartbeat"),
+            asyncio.create_task(
+                changes.watch(settings.db_url, app[SERVICES].index.changed),
+                name="rrproxy-changes",
+            ),
+        ]
         try:
             yield
         finally:
             await upstream.close()
             await recorder.close()
             await writer_task
+            for task in team:
+                task.cancel()
+            await asyncio.gather(*team, return_exceptions=True)
+            try:
+                await instances.leave(writer, instance)
+            except Exception as exc:  # the next start's repair forgets it after the lapse
+                log.debug("could not remove this proxy's instance row: %s", exc)
+
+
+async def _heartbeat(writer: AsyncEngine, instance: int) -> None:
+    """Say this proxy is alive, so that another one starting does not repair what it is
+    recording (`proxy.store.instances`). A failing store is the recorder's to report."""
+    while True:
+        await asyncio.sleep(instances.HEARTBEAT_S)
+        try:
+            await instances.beat(writer, instance)
+        except Exception as exc:
+            log.debug("heartbeat not written: %s", getattr(exc, "orig", None) or exc)
 
 
 async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:

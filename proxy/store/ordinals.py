@@ -95,9 +95,7 @@ def place(conn: Connection, cassette_id: int, new: Sequence[tuple[int, datetime]
     )
 
 
-def _merge(
-    later: list[tuple[int, datetime, int]], new: list[tuple[int, datetime]]
-) -> list[int]:
+def _merge(later: list[tuple[int, datetime, int]], new: list[tuple[int, datetime]]) -> list[int]:
     """The ids of `later` (in place order) and `new` (in start order), merged by start."""
     merged: list[int] = []
     i = j = 0
@@ -109,5 +107,3 @@ def _merge(
             merged.append(new[j][0])
             j += 1
     return merged
-
-

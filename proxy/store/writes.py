@@ -358,7 +358,9 @@ def create_cassette(conn: Connection, name: str) -> int:
     values = {"name": name, "created_at": datetime.now(UTC)}
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        conn.execute(pg_insert(Cassette).values(values).on_conflict_do_nothing(index_elements=["name"]))
+        conn.execute(
+            pg_insert(Cassette).values(values).on_conflict_do_nothing(index_elements=["name"])
+        )
     elif dialect == "sqlite":
         conn.execute(
             sqlite_insert(Cassette).values(values).on_conflict_do_nothing(index_elements=["name"])
