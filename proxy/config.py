@@ -63,6 +63,7 @@ class Settings:
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     request_body_timeout: float = 30.0  # to receive a request's whole body (else 408)
+    store_lock_timeout: float = 30.0  # a start waits this long for a store locked by another
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
     # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
@@ -86,6 +87,18 @@ class Settings:
         secret replays for anyone."""
         ignored = (*self.matching.ignore_query_params, *sorted(self.redact.query_params))
         return replace(self.matching, ignore_query_params=tuple(dict.fromkeys(ignored)))
+
+
+def display_db(db: str) -> str:
+    """`--db` as it may be shown: a URL's password hidden (`***`), a path as it is."""
+    if "://" not in db:
+        return db
+    scheme, rest = db.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    return f"{scheme}://{user}{at}{host}{slash}{path}"
 
 
 def database_url(db: str) -> str:
@@ -279,6 +292,7 @@ KEYS: tuple[Key, ...] = (
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
     Key("timeouts", "request_body", _positive, _set("request_body_timeout")),
+    Key("timeouts", "store_lock", _positive, _set("store_lock_timeout")),
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),

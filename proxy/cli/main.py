@@ -229,4 +229,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RrproxyError as exc:
         print(f"rrproxy: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(getattr(exc, "exit_status", EXIT_ERROR))

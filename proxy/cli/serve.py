@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy import __version__
 from proxy.cli.store import check_location
-from proxy.config import Settings
+from proxy.config import Settings, display_db
 from proxy.errors import ConfigError
 from proxy.serve.app import create_app
 
@@ -30,7 +30,7 @@ def serve_command(settings: Settings, _args: argparse.Namespace) -> int:
             settings.upstream,
             settings.mode,
             settings.cassette,
-            settings.db,
+            display_db(settings.db),
         )
         log.info(
             "point an app at it: OPENAI_BASE_URL=%s/v1, ANTHROPIC_BASE_URL=%s (with "

@@ -74,7 +74,12 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
     async with (
-        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(
+            settings.db_url,
+            writer=True,
+            migrate=True,
+            lock_timeout=settings.store_lock_timeout,
+        ) as writer,
         open_store(settings.db_url, writer=False) as reader,
     ):
         repaired = await instances.repair(writer)

@@ -63,7 +63,7 @@ async def _poll_sqlite(url: str, on_change: OnChange, poll_s: float) -> None:
 
 
 async def _listen_postgres(url: str, on_change: OnChange) -> None:
-    import asyncpg  # the `postgres` extra
+    import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     backoff = 0.1

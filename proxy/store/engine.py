@@ -48,16 +48,17 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, writer: bool, migrate: bool = False
+    url: str, *, writer: bool, migrate: bool = False, lock_timeout: float = 30.0
 ) -> AsyncIterator[AsyncEngine]:
     """An engine for the store, disposed of on the way out; `migrate=True` (a writer only)
-    first brings the schema to the newest revision (`StoreError` if it cannot)."""
+    first brings the schema to the newest revision (`StoreError` if it cannot), waiting up
+    to `lock_timeout` for a SQLite store another process holds locked."""
     if migrate and not writer:
         raise ValueError("only the writer's engine migrates the store")
     engine = create_engine(url, writer=writer)
     try:
         if migrate:
-            await migrations.upgrade(engine)
+            await migrations.upgrade(engine, lock_timeout=lock_timeout)
         yield engine
     finally:
         await engine.dispose()

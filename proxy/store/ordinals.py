@@ -59,7 +59,8 @@ def place(conn: Connection, cassette_id: int, new: Sequence[tuple[int, datetime]
             .limit(_TAIL_PAGE)
             .offset(offset)
         ).all()
-        for id_, started_at, ordinal in page:
+        for id_, started_at, place in page:
+            ordinal = int(place or 0)  # never null: the query says so
             if id_ in ids:
                 continue
             if _aware(started_at) <= first:
