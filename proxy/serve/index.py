@@ -42,6 +42,7 @@ class _Cassette:
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
     seen: tuple[int, int] = (0, 0)  # the change counters (all, this one's) it was loaded at
+    rows: int = 0  # interactions in the store when loaded, plus those this process began since
     computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
 
     def add(self, entry: Entry) -> None:
@@ -160,7 +161,7 @@ class Index:
         new = [s.id for s in stamps if s.id not in mine and s.outcome is not Outcome.RECORDING]
         heads = {h.id: h for h in await queries.interaction_heads(self._engine, name, new)}
         known = previous.computed if previous else {}
-        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
+        fresh = _Cassette(used=previous.used if previous else defaultdict(int), rows=len(stamps))
         merged: list[Entry] = []
         for stamp in stamps:
             entry = mine.pop(stamp.id, None)
@@ -271,13 +272,19 @@ class Index:
         return entry
 
     async def _next_unused(self, cassette: str, key: str) -> Entry | None:
-        """Auto mode: the next recording for this key in this run, if one is left."""
+        """Auto mode: the next recording for this key in this run, if one is left. Before a
+        miss (which records), a cassette that grew in the store beyond what this process
+        loaded and added itself (another proxy recorded into it) is read again."""
         c = await self._cassette(cassette)
-        candidates = c.by_key.get(key, [])
-        n = c.used[key]
-        if n < len(candidates) and candidates[n].available:
-            c.used[key] += 1
-            return candidates[n]
+        for again in (False, True):
+            candidates = c.by_key.get(key, [])
+            n = c.used[key]
+            if n < len(candidates) and candidates[n].available:
+                c.used[key] += 1
+                return candidates[n]
+            if again or await queries.interaction_count(self._engine, cassette) <= c.rows:
+                return None
+            c = await self._cassette(cassette, reload=True)
         return None
 
     async def _for_replay(
@@ -349,6 +356,7 @@ class Index:
                 self._prune_at[cassette] = max(_PRUNE_AT_LEAST, 2 * len(entries))
             return
         c.add(self._keyed(entry))
+        c.rows += 1
         if use:
             assert entry.key is not None
             c.used[entry.key] += 1

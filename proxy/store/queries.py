@@ -171,6 +171,21 @@ async def counts(source: Source, cassette: str) -> tuple[int, int]:
     return int(found[0]), int(found[1])
 
 
+async def interaction_count(source: Source, cassette: str) -> int:
+    """How many interactions a cassette holds, recording or not: its last ordinal (places
+    are 1..n without a gap), one step down an index."""
+    stmt = (
+        select(Interaction.ordinal)
+        .join(Cassette)
+        .where(Cassette.name == cassette, Interaction.ordinal.is_not(None))
+        .order_by(Interaction.ordinal.desc())
+        .limit(1)
+    )
+    async with connected(source) as conn:
+        found = await conn.scalar(stmt)
+    return int(found or 0)
+
+
 async def event_pages(source: Source, interaction_id: int, page: int = 256) -> AsyncIterator[Page]:
     """An interaction's events in order, a page at a time. From an engine each page is its
     own short read, so a slow client never holds a database connection."""
