@@ -151,7 +151,7 @@ def holders(database: str | None) -> str:
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        found.append(f"pid {proc.name} ({command.strip()[:80]})")
+        found.append(f"pid {proc.name} ({' '.join(command.split())[:80]})")
     return ", ".join(found) or "a process this user cannot see"
 
 
