@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +26,7 @@ from yarl import URL
 from proxy.config import KEYS_BY_NAME, load_settings
 from proxy.serve.app import create_app
 from tests import stores
+from tests.proc import free_port
 
 EXAMPLE_JSONL = Path(__file__).resolve().parent / "data" / "openai-responses-hello-world.jsonl"
 
@@ -128,6 +132,27 @@ async def store_url(store_kind: str, db_path: Path) -> AsyncIterator[str]:
         return
     async with stores.postgres_database() as url:
         yield url
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[stores.Cluster]:
+    """A PostgreSQL cluster of this test's own (initdb into a temporary directory, pg_ctl on
+    a free port), started; the test may stop and start it. Removed afterwards."""
+    if not stores.cluster_tools():
+        line = f"initdb/pg_ctl not found in {stores.PG_BIN}: set RRPROXY_TEST_PG_BIN"
+        if os.environ.get("CI") == "true":
+            pytest.fail(line, pytrace=False)
+        pytest.skip(line)
+    root = Path(tempfile.mkdtemp(prefix="rrproxy-pg-"))  # not under tmp_path: the server's
+    cluster = stores.Cluster(root, free_port())  # user must reach it
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        if cluster.running():
+            cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
