@@ -72,6 +72,7 @@ class Settings:
     passthrough_hosts: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
+    read_only: bool = False  # a replay proxy that never writes to the store
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
     admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
     # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
@@ -305,6 +306,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
+    Key(None, "read_only", _bool, _set("read_only")),
     Key(None, "routes", _routes, _set("routes")),
     Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
 )
@@ -384,6 +386,13 @@ def load_settings(
         if value is not None:
             key = KEYS_BY_NAME[name]
             settings = _apply(settings, key, value, "--" + key.name.replace("_", "-"))
+    if settings.read_only:
+        if settings.cassette_dir is not None:
+            raise ConfigError(
+                "read_only (--read-only) replays from the store as it is; a cassette "
+                "directory is loaded into the store, which writes: drop one of them"
+            )
+        settings = replace(settings, mode=Mode.REPLAY)  # the one mode that never writes
     return settings
 
 

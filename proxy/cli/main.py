@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
     _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
+    _flag(serve, "--read-only", text="replay only, and never write to the store (CI)")
     _flag(
         serve,
         "--allow-remote",
@@ -179,7 +180,7 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _load(args: argparse.Namespace) -> Settings:
     names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
-    names += ("strict", "verbose", "cassette_dir", "allow_remote")
+    names += ("strict", "verbose", "cassette_dir", "allow_remote", "read_only")
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
 

@@ -55,6 +55,11 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
     except ValueError as exc:
         modes = ", ".join(m.value for m in Mode)
         raise BadRequest(f"bad rrproxy control header ({exc}; modes: {modes})") from None
+    if settings.read_only and mode is not Mode.REPLAY:
+        raise BadRequest(
+            f"this proxy is read-only (--read-only): it only replays, and mode {mode.value} "
+            "would write to the store; send the request to a proxy that records"
+        )
     return Control(mode, cassette, pace)
 
 

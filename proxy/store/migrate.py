@@ -155,6 +155,30 @@ def holders(database: str | None) -> str:
     return ", ".join(found) or "a process this user cannot see"
 
 
+def _require_head(connection: Connection) -> None:
+    script = ScriptDirectory.from_config(alembic_config(connection))
+    current = _check_known(connection, script)
+    if current != script.get_current_head():
+        raise StoreError(
+            f"the store is at schema revision {current}, this rrproxy needs "
+            f"{script.get_current_head()}, and a read-only proxy never migrates: run "
+            "rrproxy db upgrade --db ... once, or start a proxy that records"
+        )
+
+
+async def require_head(engine: AsyncEngine) -> None:
+    """A read-only proxy's check: the schema is this rrproxy's, or `StoreError`."""
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_require_head)
+    except StoreError:
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise unreachable(engine, exc) from exc
+    except Exception as exc:
+        raise StoreError(f"cannot open the store at {engine.url!r}: {exc}") from exc
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as connection:
         return await connection.run_sync(_current)
