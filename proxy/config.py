@@ -386,13 +386,6 @@ def load_settings(
         if value is not None:
             key = KEYS_BY_NAME[name]
             settings = _apply(settings, key, value, "--" + key.name.replace("_", "-"))
-    if settings.read_only:
-        if settings.cassette_dir is not None:
-            raise ConfigError(
-                "read_only (--read-only) replays from the store as it is; a cassette "
-                "directory is loaded into the store, which writes: drop one of them"
-            )
-        settings = replace(settings, mode=Mode.REPLAY)  # the one mode that never writes
     return settings
 
 

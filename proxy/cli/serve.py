@@ -28,7 +28,7 @@ def serve_command(settings: Settings, _args: argparse.Namespace) -> int:
             __version__,
             base,
             settings.upstream,
-            settings.mode,
+            "replay, read-only" if settings.read_only else settings.mode,
             settings.cassette,
             display_db(settings.db),
         )

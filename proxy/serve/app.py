@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
 from proxy.core.printable import printable
-from proxy.errors import RequestTimeout, RrproxyError
+from proxy.errors import ConfigError, RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
 from proxy.serve import admin
 from proxy.serve.index import Index
@@ -76,6 +76,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
     if settings.read_only:  # nothing migrated, repaired or registered: it never writes
+        if settings.cassette_dir is not None:
+            raise ConfigError(
+                "read_only (--read-only) replays from the store as it is; a cassette "
+                "directory is loaded into the store, which writes: drop one of them"
+            )
         async with open_store(settings.db_url, writer=False, read_only=True) as reader:
             await migrate.require_head(reader)
             async with _running(app, verify, writer=reader, reader=reader, instance=None):
