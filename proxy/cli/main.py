@@ -177,6 +177,36 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     rm.add_argument("names", type=_cassette_name, nargs="+", metavar="NAME")
 
+    copy = command(
+        "copy",
+        "proxy.cli.copy:copy_command",
+        "copy cassettes between stores and cassette directories (same content: unchanged)",
+        "common",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SRC",
+        help="a SQLite path, a database URL, or a cassette directory",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="DST",
+        help="the same kinds (a directory: an existing one, or a path ending in /)",
+    )
+    copy.add_argument(
+        "names", type=_cassette_name, nargs="*", metavar="CASSETTE", help="default: all"
+    )
+    copy.add_argument(
+        "--replace", action="store_true", help="replace cassettes of those names with other content"
+    )
+    copy.add_argument(
+        "--allow-secrets", action="store_true", help="copy even if key-like strings are found"
+    )
+
 
 def _load(args: argparse.Namespace) -> Settings:
     names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
