@@ -73,6 +73,7 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     read_only: bool = False  # a replay proxy that never writes to the store
+    workers: int = 1  # processes serving the port together (SO_REUSEPORT)
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
     admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
     # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
@@ -137,6 +138,16 @@ def _port(v: Any) -> int:
     n = _int(v)
     if not 1 <= n <= 65535:  # 0 (any free port) would leave clients no way to find the proxy
         raise ValueError("must be a port number from 1 to 65535")
+    return n
+
+
+def _workers(v: Any) -> int:
+    """A number of processes, or `auto`: one per CPU."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    n = _int(v)
+    if not 1 <= n <= 256:
+        raise ValueError("must be a number of processes from 1 to 256, or auto")
     return n
 
 
@@ -307,6 +318,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
     Key(None, "read_only", _bool, _set("read_only")),
+    Key(None, "workers", _workers, _set("workers")),
     Key(None, "routes", _routes, _set("routes")),
     Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
 )

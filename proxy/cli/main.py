@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
     _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
     _flag(serve, "--read-only", text="replay only, and never write to the store (CI)")
+    serve.add_argument(
+        "--workers", metavar="N", help="processes sharing the port (auto: one per CPU)"
+    )
     _flag(
         serve,
         "--allow-remote",
@@ -210,7 +213,7 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _load(args: argparse.Namespace) -> Settings:
     names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
-    names += ("strict", "verbose", "cassette_dir", "allow_remote", "read_only")
+    names += ("strict", "verbose", "cassette_dir", "allow_remote", "read_only", "workers")
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
 

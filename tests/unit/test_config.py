@@ -46,6 +46,7 @@ CASES = [
     Case("timeouts.request_body", 2.5, "2.5", 2.5, lambda s: s.request_body_timeout),
     Case("timeouts.store_lock", 4.5, "4.5", 4.5, lambda s: s.store_lock_timeout),
     Case("read_only", True, "true", True, lambda s: s.read_only),
+    Case("workers", 3, "3", 3, lambda s: s.workers),
     Case("matching.ignore_body_fields", ["metadata.id", "user"], "metadata.id, user",
          ("metadata.id", "user"), lambda s: s.matching.ignore_body_fields),
     Case("matching.match_headers", ["OpenAI-Beta"], "OpenAI-Beta", ("OpenAI-Beta",),
