@@ -24,8 +24,8 @@ from proxy.store.models import Base
 
 
 @pytest.fixture
-async def engine(db_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url(str(db_path)), writer=True)
+async def engine(store_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url(store_url), writer=True)
     try:
         yield engine
     finally:
@@ -37,6 +37,7 @@ def _sqlite(db: Path, sql: str) -> list[tuple[object, ...]]:
         return conn.execute(sql).fetchall()
 
 
+@pytest.mark.stores
 async def test_models_and_migrations_agree(engine: AsyncEngine) -> None:
     await migrate.upgrade(engine)
 
@@ -77,3 +78,20 @@ async def test_upgrade_twice_is_a_no_op(
     # schema_version counts every schema change made to the file
     assert _sqlite(db_path, "PRAGMA schema_version") == [version]
     assert _sqlite(db_path, "SELECT type, name, sql FROM sqlite_master ORDER BY name") == schema
+
+
+@pytest.mark.stores
+async def test_0008_can_be_undone_and_done_again(
+    engine: AsyncEngine, store_url: str
+) -> None:
+    """0008 can be undone (its columns and table dropped, nothing else) and redone."""
+    await migrate.upgrade(engine)
+
+    def down_and_up(connection: Connection) -> None:
+        config = migrate.alembic_config(connection)
+        command.downgrade(config, "0003")
+        command.upgrade(config, "head")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(down_and_up)
+    assert await migrate.current_revision(engine) == "0008_team_store"
