@@ -81,9 +81,7 @@ async def test_upgrade_twice_is_a_no_op(
 
 
 @pytest.mark.stores
-async def test_0008_can_be_undone_and_done_again(
-    engine: AsyncEngine, store_url: str
-) -> None:
+async def test_0008_can_be_undone_and_done_again(engine: AsyncEngine, store_url: str) -> None:
     """0008 can be undone (its columns and table dropped, nothing else) and redone."""
     await migrate.upgrade(engine)
 
