@@ -20,7 +20,7 @@ from aiohttp import web
 from proxy.serve.state import SERVICES
 from tests.conftest import StartProxy, StartUpstream, stored
 from tests.proc import eventually
-from tests.stores import Cluster
+from tests.stores import Cluster, rows
 
 
 class Paused:
@@ -171,3 +171,8 @@ async def test_three_proxies_record_fifty_streams_each_and_replay_them_crosswise
     assert hashlib.sha256(b"".join(got for _, got in replayed)).hexdigest() == digest
     complete = [r for r in stored(store_url) if r[0] == "complete" and r[2] == EVENTS]
     assert len(complete) == 3 * STREAMS
+    # 150 recordings from 3 proxies, committed in whatever order: places 1..150, no gap, no
+    # duplicate, in the order the recordings began
+    placed = rows(store_url, "SELECT ordinal, started_at FROM interactions ORDER BY ordinal")
+    assert [o for o, _ in placed] == list(range(1, 3 * STREAMS + 1))
+    assert [t for _, t in placed] == sorted(t for _, t in placed)

@@ -271,6 +271,16 @@ async def test_two_proxies_recording_a_new_cassette_at_once_create_it_once(
         ("new-2",),
     ]
     assert rows(store_url, "SELECT count(*) FROM interactions") == [(9,)]
+    # each cassette's three recordings in places 1, 2, 3, in the order they began
+    placed = rows(
+        store_url,
+        "SELECT c.name, i.ordinal, i.started_at FROM interactions i "
+        "JOIN cassettes c ON c.id = i.cassette_id ORDER BY c.name, i.ordinal",
+    )
+    for round_ in range(3):
+        mine = [(o, t) for name, o, t in placed if name == f"new-{round_}"]
+        assert [o for o, _ in mine] == [1, 2, 3]
+        assert [t for _, t in mine] == sorted(t for _, t in mine)
 
 
 async def test_five_proxies_started_together_on_an_empty_store_migrate_it_once(
