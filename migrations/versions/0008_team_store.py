@@ -44,11 +44,26 @@ def upgrade() -> None:
     )
     op.add_column("interactions", sa.Column("instance_id", sa.Integer(), nullable=True))
     op.add_column("interactions", sa.Column("ordinal", sa.Integer(), nullable=True))
-    op.execute(
-        "UPDATE interactions SET ordinal = (SELECT count(*) FROM interactions AS earlier "
-        "WHERE earlier.cassette_id = interactions.cassette_id AND earlier.id <= interactions.id)"
-    )
+    _number_existing()
     op.create_index(_ORDINALS, "interactions", ["cassette_id", "ordinal"], unique=True)
+
+
+def _number_existing() -> None:
+    """Each cassette's interactions numbered 1, 2, ... in id order: one pass in Python (a
+    correlated count per row would be quadratic in a cassette's size; `UPDATE ... FROM` with
+    a window function needs SQLite 3.33)."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text("SELECT id, cassette_id FROM interactions ORDER BY cassette_id, id")
+    ).all()
+    places: list[dict[str, int]] = []
+    cassette, n = None, 0
+    for id_, cassette_id in rows:
+        n = n + 1 if cassette_id == cassette else 1
+        cassette = cassette_id
+        places.append({"place": n, "id": id_})
+    if places:
+        bind.execute(sa.text("UPDATE interactions SET ordinal = :place WHERE id = :id"), places)
 
 
 def downgrade() -> None:

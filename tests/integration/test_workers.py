@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import StartUpstream
-from tests.proc import run_cli, spawn
+from tests.proc import eventually, run_cli, spawn
+from tests.stores import rows
 
 
 @pytest.mark.stores
@@ -30,21 +31,27 @@ async def test_two_workers_share_the_port_and_the_store(
     proc = spawn("--db", store_url, "--upstream", url, "--workers", "2", cwd=tmp_path)
     try:
         await proc.wait_healthy()
+        async with aiohttp.ClientSession() as client:  # recorded by whichever worker
+            async with client.post(proc.url("/v1/plain"), json={"q": 1}) as resp:
+                assert resp.headers["Rrproxy-Source"] == "recorded"
+        # in the store (the worker that recorded it commits it; either may answer a flush)
+        done = [("complete",)]
+        await eventually(lambda: rows(store_url, "SELECT outcome FROM interactions") == done)
+        replay = {"Rrproxy-Mode": "replay"}
         pids: set[int] = set()
-        sources: dict[int, set[str]] = {}
+        sources: set[str] = set()
         for _ in range(200):  # bounded: the kernel spreads new connections between the two
             async with aiohttp.ClientSession() as client:  # a new connection each time
+                async with client.post(proc.url("/v1/plain"), json={"q": 1}, headers=replay) as r:
+                    assert (await r.json()) == {"q": 1}
+                    sources.add(r.headers["Rrproxy-Source"])
                 async with client.get(proc.url("/_rrproxy/health")) as resp:
-                    pid = (await resp.json())["pid"]
-                    pids.add(pid)
-                async with client.post(proc.url("/v1/plain"), json={"q": 1}) as resp:
-                    assert (await resp.json()) == {"q": 1}
-                    sources.setdefault(pid, set()).add(resp.headers["Rrproxy-Source"])
-            if len(pids) == 2 and all("replayed" in s for s in sources.values()):
+                    pids.add((await resp.json())["pid"])
+            if len(pids) == 2:
                 break
+        # both workers answered, and every answer came from the one recording
         assert len(pids) == 2 and proc.popen.pid not in pids
-        # the one recording made by whichever worker came first, replayed by both
-        assert all("replayed" in s for s in sources.values()), sources
+        assert sources == {"replayed"}
         proc.send_signal(signal.SIGTERM)
         assert await proc.wait() == 0
         for pid in pids:
