@@ -44,7 +44,9 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def started(name: str, upstream: str, workdir: Path, db: Path) -> AsyncIterator[Target]:
+async def started(
+    name: str, upstream: str, workdir: Path, db: Path | str, workers: int = 1
+) -> AsyncIterator[Target]:
     """Run one target for the duration of the block (nothing to start for ``direct``)."""
     if name == "direct":
         yield Target(name, upstream, None)
@@ -57,6 +59,8 @@ async def started(name: str, upstream: str, workdir: Path, db: Path) -> AsyncIte
     else:
         argv = [sys.executable, "-m", "proxy", "serve", "--host", procs.HOST, "--port", str(port)]
         argv += ["--upstream", upstream, "--mode", name, "--db", str(db), "--cassette", CASSETTE]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         health = "/_rrproxy/health"
     log = workdir / f"{name}-{port}.log"
     async with procs.server(argv, port, health, log) as server:
@@ -98,7 +102,27 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def run(targets: Sequence[str], sizes: Sizes, repeat: int) -> report.Runs:
+@contextlib.asynccontextmanager
+async def fresh_database(url: str, suffix: str) -> AsyncIterator[str]:
+    """A new database on the server `url` names (PostgreSQL), dropped after the block."""
+    import asyncpg  # type: ignore[import-untyped]  # the `postgres` extra
+
+    base, _, name = url.rpartition("/")
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    fresh = f"{name.split('?')[0]}_bench_{suffix}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{fresh}"')
+        yield f"{base}/{fresh}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+        await admin.close()
+
+
+async def run(
+    targets: Sequence[str], sizes: Sizes, repeat: int, db: str | None = None, workers: int = 1
+) -> report.Runs:
     runs: report.Runs = {name: [] for name in targets}
     # replay serves what record stored in the same repeat: record even when not reported.
     order = [t for t in TARGETS if t in targets or (t == "record" and "replay" in targets)]
@@ -109,23 +133,30 @@ async def run(targets: Sequence[str], sizes: Sizes, repeat: int) -> report.Runs:
         argv = [sys.executable, "-m", "bench.upstream", "--port", str(port)]
         async with procs.server(argv, port, payload.HEALTH_PATH, workdir / "upstream.log") as up:
             for index in range(repeat):
-                for name in order:
-                    began = time.perf_counter()
-                    db = workdir / f"{index}-{'record' if name == 'replay' else name}.db"
-                    try:
-                        async with started(name, up.url, workdir, db) as target:
-                            result = await run_loads(target, sizes, deadline)
-                    except (procs.BenchError, OSError) as exc:
-                        error = f"{type(exc).__name__}: {exc}"
-                        result = {
-                            load: {"verified": False, "error": error} for load in report.LOADS
-                        }
-                    ok = all(figures["verified"] for figures in result.values())
-                    took = time.perf_counter() - began
-                    status = "ok" if ok else "FAILED"
-                    _say(f"repeat {index + 1}/{repeat} {name:<11} {status} {took:.1f} s")
-                    if name in runs:
-                        runs[name].append(result)
+                async with contextlib.AsyncExitStack() as stack:
+                    server_db = None
+                    if db is not None:  # one database per repeat: replay reads what record wrote
+                        server_db = await stack.enter_async_context(fresh_database(db, str(index)))
+                    for name in order:
+                        began = time.perf_counter()
+                        store = (
+                            server_db
+                            or workdir / f"{index}-{'record' if name == 'replay' else name}.db"
+                        )
+                        try:
+                            async with started(name, up.url, workdir, store, workers) as target:
+                                result = await run_loads(target, sizes, deadline)
+                        except (procs.BenchError, OSError) as exc:
+                            error = f"{type(exc).__name__}: {exc}"
+                            result = {
+                                load: {"verified": False, "error": error} for load in report.LOADS
+                            }
+                        ok = all(figures["verified"] for figures in result.values())
+                        took = time.perf_counter() - began
+                        status = "ok" if ok else "FAILED"
+                        _say(f"repeat {index + 1}/{repeat} {name:<11} {status} {took:.1f} s")
+                        if name in runs:
+                            runs[name].append(result)
     return runs
 
 
@@ -139,6 +170,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(TARGETS)}",
     )
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="default %(default)s")
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="a PostgreSQL URL: each repeat on a new database of that server (default: SQLite)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="rrproxy serve --workers N (default 1)"
+    )
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
@@ -158,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = loads.QUICK if args.quick else loads.FULL
     targets = [t for t in TARGETS if t in args.targets]
     try:
-        runs = asyncio.run(run(targets, sizes, args.repeat))
+        runs = asyncio.run(run(targets, sizes, args.repeat, args.db, args.workers))
     except KeyboardInterrupt:
         _say("interrupted: servers stopped, nothing written")
         return 130
@@ -170,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
         "cpus": os.cpu_count(),
+        "store": "postgresql" if args.db else "sqlite",
+        "workers": args.workers,
         "ratios": "cost relative to the reference, >1 is worse (throughputs inverted)",
     }
     summary = report.summarize(runs, meta)

@@ -89,6 +89,7 @@ class Settings:
     read_timeout: float = 300.0
     shutdown_timeout: float = 30.0
     request_body_timeout: float = 30.0  # to receive a request's whole body (else 408)
+    store_lock_timeout: float = 30.0  # a start waits this long for a store locked by another
     matching: MatchRules = field(default_factory=MatchRules)
     redact: Redactor = field(default_factory=Redactor)
     # forward proxy (HTTP_PROXY / HTTPS_PROXY) and routes
@@ -97,6 +98,8 @@ class Settings:
     passthrough_hosts: tuple[str, ...] = ()
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
+    read_only: bool = False  # a replay proxy that never writes to the store
+    workers: int = 1  # processes serving the port together (SO_REUSEPORT)
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
     # What errors call the setting behind `upstream` (prefix "") or a route (its prefix),
     # for a front end with names of its own (the pytest plugin); else the config's names.
@@ -127,6 +130,18 @@ class Settings:
             ignore_query_params=tuple(dict.fromkeys(ignored)),
             match_headers=tuple(dict.fromkeys(headers)),
         )
+
+
+def display_db(db: str) -> str:
+    """`--db` as it may be shown: a URL's password hidden (`***`), a path as it is."""
+    if "://" not in db:
+        return db
+    scheme, rest = db.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if at and ":" in user:
+        user = user.split(":", 1)[0] + ":***"
+    return f"{scheme}://{user}{at}{host}{slash}{path}"
 
 
 def database_url(db: str) -> str:
@@ -164,6 +179,16 @@ def _port(v: Any) -> int:
     n = _int(v)
     if not 1 <= n <= 65535:  # 0 (any free port) would leave clients no way to find the proxy
         raise ValueError("must be a port number from 1 to 65535")
+    return n
+
+
+def _workers(v: Any) -> int:
+    """A number of processes, or `auto`: one per CPU."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    n = _int(v)
+    if not 1 <= n <= 256:
+        raise ValueError("must be a number of processes from 1 to 256, or auto")
     return n
 
 
@@ -350,6 +375,7 @@ KEYS: tuple[Key, ...] = (
     Key("timeouts", "read", _positive, _set("read_timeout")),
     Key("timeouts", "shutdown", _positive, _set("shutdown_timeout")),
     Key("timeouts", "request_body", _positive, _set("request_body_timeout")),
+    Key("timeouts", "store_lock", _positive, _set("store_lock_timeout")),
     Key("matching", "ignore_body_fields", _names, _set_rule("ignore_body_fields")),
     Key("matching", "match_headers", _names, _set_rule("match_headers")),
     Key("matching", "ignore_query_params", _names, _set_rule("ignore_query_params")),
@@ -362,6 +388,8 @@ KEYS: tuple[Key, ...] = (
     Key(None, "passthrough_hosts", _host_patterns, _set("passthrough_hosts")),
     Key(None, "allow_hosts", _host_patterns, _set("allow_hosts")),
     Key(None, "allow_remote", _bool, _set("allow_remote")),
+    Key(None, "read_only", _bool, _set("read_only")),
+    Key(None, "workers", _workers, _set("workers")),
     Key(None, "routes", _routes, _set("routes")),
     Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
     Key(None, "max_age", parse_duration, _set("max_age")),

@@ -80,6 +80,12 @@ class StoreError(RrproxyError, RuntimeError):
     error_type = "rrproxy_store_error"
 
 
+class StoreUnreachable(StoreError, ConnectionError):
+    """The database server cannot be reached (down, wrong host or port)."""
+
+    exit_status = 2  # as a usage error: what --db names is not there
+
+
 class Refused(RrproxyError, PermissionError):
     """rrproxy will not forward this request: a host outside `allow_hosts`, a request aimed
     at rrproxy itself (a loop), or forwarding that the configuration does not permit."""

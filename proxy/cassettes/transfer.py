@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import delete, insert
+from sqlalchemy import ScalarSelect, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
@@ -367,6 +367,12 @@ def body(rec: Recorded) -> Iterable[EventRecord]:
     return (EventRecord(m.t_ms, m.data) for m in rec.messages)
 
 
+def _next_ordinal(cassette_id: int) -> ScalarSelect[int]:
+    """The place after the cassette's last: an import appends in its file's order."""
+    last = func.coalesce(func.max(Interaction.ordinal), 0)
+    return select(last + 1).where(Interaction.cassette_id == cassette_id).scalar_subquery()
+
+
 async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
     result = await conn.execute(
         insert(Interaction)
@@ -386,6 +392,7 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             event_count=len(rec.events) + len(rec.messages),
             body_size=sum(len(e.data) for e in rec.events) + sum(len(m) for m in rec.messages),
             body_sha256=ledger.body_sha256(rec.events),
+            ordinal=_next_ordinal(cassette_id),
         )
         .returning(Interaction.id)
     )

@@ -19,7 +19,7 @@ from proxy.cassettes.file_format import file_name
 from proxy.cli import interchange, output
 from proxy.cli.event_view import shown_events
 from proxy.cli.store import Store, run
-from proxy.config import Settings
+from proxy.config import Settings, display_db
 from proxy.core.messages import Message
 from proxy.core.records import Event
 from proxy.errors import CassetteNotFound, ConfigError, SecretsFound
@@ -38,7 +38,7 @@ def ls_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         output.print_json({"cassettes": [output.cassette_json(i) for i in infos]})
     elif not infos:
-        print(f"no cassettes in the store {settings.db}")
+        print(f"no cassettes in the store {display_db(settings.db)}")
     else:
         print(output.cassettes_table(infos))
     return 0

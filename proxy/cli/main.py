@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
     _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
+    _flag(serve, "--read-only", text="replay only, and never write to the store (CI)")
+    serve.add_argument(
+        "--workers", metavar="N", help="processes sharing the port (auto: one per CPU)"
+    )
     _flag(
         serve,
         "--allow-remote",
@@ -234,10 +238,40 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     rm.add_argument("names", type=_cassette_name, nargs="+", metavar="NAME")
 
+    copy = command(
+        "copy",
+        "proxy.cli.copy:copy_command",
+        "copy cassettes between stores and cassette directories (same content: unchanged)",
+        "common",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SRC",
+        help="a SQLite path, a database URL, or a cassette directory",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="DST",
+        help="the same kinds (a directory: an existing one, or a path ending in /)",
+    )
+    copy.add_argument(
+        "names", type=_cassette_name, nargs="*", metavar="CASSETTE", help="default: all"
+    )
+    copy.add_argument(
+        "--replace", action="store_true", help="replace cassettes of those names with other content"
+    )
+    copy.add_argument(
+        "--allow-secrets", action="store_true", help="copy even if key-like strings are found"
+    )
+
 
 def _load(args: argparse.Namespace) -> Settings:
     names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
-    names += ("strict", "verbose", "cassette_dir", "allow_remote")
+    names += ("strict", "verbose", "cassette_dir", "allow_remote", "read_only", "workers")
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
 
@@ -287,4 +321,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except RrproxyError as exc:
         print(f"rrproxy: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return int(getattr(exc, "exit_status", EXIT_ERROR))

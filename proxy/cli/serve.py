@@ -11,9 +11,10 @@ import os
 from aiohttp import web
 
 from proxy import __version__
+from proxy.cli import workers
 from proxy.cli.env import command_line
 from proxy.cli.store import check_location
-from proxy.config import CONFIG_VARIABLE, Settings
+from proxy.config import CONFIG_VARIABLE, Settings, display_db
 from proxy.errors import ConfigError
 from proxy.serve.app import create_app
 from proxy.serve.state import RUN
@@ -23,17 +24,26 @@ log = logging.getLogger("proxy")
 
 def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     check_location(settings, create=True)  # before the server starts: one line, no traceback
+    if settings.workers > 1:
+        return workers.supervise(settings.workers, lambda n: _serve(settings, args, worker=n))
+    return _serve(settings, args)
+
+
+def _serve(settings: Settings, args: argparse.Namespace, worker: int | None = None) -> int:
+    """Serve until stopped; `worker` (1..N): one of N processes sharing the port."""
 
     def listening(_aiohttp_banner: str) -> None:  # called once the port is bound
         base = f"http://{settings.host}:{settings.port}"
+        of = f", worker {worker} of {settings.workers}" if worker is not None else ""
         log.info(
-            "rrproxy %s on %s -> %s (mode %s, cassette %r, store %s)",
+            "rrproxy %s on %s -> %s (mode %s, cassette %r, store %s%s)",
             __version__,
             base,
             settings.upstream,
-            settings.mode,
+            "replay, read-only" if settings.read_only else settings.mode,
             settings.cassette,
-            settings.db,
+            display_db(settings.db),
+            of,
         )
         log.info(
             "point an app at it: OPENAI_BASE_URL=%s/v1, ANTHROPIC_BASE_URL=%s (with "
@@ -54,6 +64,7 @@ def serve_command(settings: Settings, args: argparse.Namespace) -> int:
             access_log=None,  # our own line per interaction; it never shows a query's secrets
             handler_cancellation=False,  # a client hanging up leaves its recording to finish
             print=listening,
+            reuse_port=worker is not None or None,  # N processes on one port
         )
     except OSError as exc:
         if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):

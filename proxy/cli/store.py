@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.cassettes.directory import CassetteDir
-from proxy.config import Settings
+from proxy.config import Settings, display_db
 from proxy.errors import ConfigError
 from proxy.store import migrate
 from proxy.store.engine import open_store
@@ -79,7 +79,12 @@ def check_location(settings: Settings, *, create: bool) -> None:
 async def opened(settings: Settings) -> AsyncIterator[Store]:
     """The store's engines, its schema up to date and its cassette directory loaded."""
     async with (
-        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(
+            settings.db_url,
+            writer=True,
+            migrate=True,
+            lock_timeout=settings.store_lock_timeout,
+        ) as writer,
         open_store(settings.db_url, writer=False) as reader,
     ):
         directory = None
@@ -108,5 +113,5 @@ def db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
         return await migrate.current_revision(store.writer)
 
     found = run(replace(settings, cassette_dir=None), revision, create=True)
-    print(f"store {settings.db} is at schema revision {found}")
+    print(f"store {display_db(settings.db)} is at schema revision {found}")
     return 0

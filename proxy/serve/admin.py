@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ async def health(request: web.Request) -> web.Response:
             "upstream": settings.upstream,
             "store": "failing" if recorder.failing else "ok",
             "recordings_dropped": recorder.recordings_dropped,
+            "pid": os.getpid(),  # which worker answered (serve --workers N)
         }
     )
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
 from proxy.core.printable import printable
-from proxy.errors import RequestTimeout, RrproxyError
+from proxy.errors import ConfigError, RequestTimeout, RrproxyError
 from proxy.forward_proxy import connect
 from proxy.serve import admin, websocket
 from proxy.serve.index import Index
@@ -32,7 +35,7 @@ from proxy.serve.replay import Bodies
 from proxy.serve.run_report import log_summary
 from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
 from proxy.serve.upstream import client_session, upstream_ssl_context
-from proxy.store import maintenance
+from proxy.store import changes, instances, migrate
 from proxy.store.engine import open_store
 
 log = logging.getLogger(__name__)
@@ -73,34 +76,96 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     verify = upstream_ssl_context(settings.upstream_ca_bundle)  # a bad bundle fails the start
+    if settings.read_only:  # nothing migrated, repaired or registered: it never writes
+        if settings.cassette_dir is not None:
+            raise ConfigError(
+                "read_only (--read-only) replays from the store as it is; a cassette "
+                "directory is loaded into the store, which writes: drop one of them"
+            )
+        async with open_store(settings.db_url, writer=False, read_only=True) as reader:
+            await migrate.require_head(reader)
+            async with _running(app, verify, writer=reader, reader=reader, instance=None):
+                yield
+        return
     async with (
-        open_store(settings.db_url, writer=True, migrate=True) as writer,
+        open_store(
+            settings.db_url,
+            writer=True,
+            migrate=True,
+            lock_timeout=settings.store_lock_timeout,
+        ) as writer,
         open_store(settings.db_url, writer=False) as reader,
     ):
-        repaired = await maintenance.mark_unfinished(writer)
+        repaired = await instances.repair(writer)
         if repaired:
             log.warning(
                 "marked %d interaction(s) left open by a stopped proxy as incomplete", repaired
             )
-        recorder = Recorder(writer)
-        await recorder.warm_up()
-        writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
-        upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
-        app[SERVICES] = Services(
-            settings=settings,
-            index=Index(reader, settings.effective_rules, settings.redact),
-            recorder=recorder,
-            reader=reader,
-            upstream=upstream,
-            redactor=settings.redact,
-            bodies=Bodies(reader),
-        )
+        instance = await instances.register(writer)
         try:
-            yield
+            async with _running(app, verify, writer=writer, reader=reader, instance=instance):
+                yield
         finally:
-            await upstream.close()
-            await recorder.close()
-            await writer_task
+            try:
+                await instances.leave(writer, instance)
+            except Exception as exc:  # the next start's repair forgets it after the lapse
+                log.debug("could not remove this proxy's instance row: %s", exc)
+
+
+@asynccontextmanager
+async def _running(
+    app: web.Application,
+    verify: ssl.SSLContext | None,
+    *,
+    writer: AsyncEngine,
+    reader: AsyncEngine,
+    instance: int | None,
+) -> AsyncIterator[None]:
+    """The services on an open store: the recorder's writer task, the upstream client, the
+    heartbeat (`instance`: this proxy's row; None for a read-only proxy) and the watch for
+    other proxies' commits."""
+    settings = app[SETTINGS]
+    recorder = Recorder(writer, instance=instance)
+    if instance is not None:
+        await recorder.warm_up()
+    writer_task = asyncio.create_task(recorder.run(), name="rrproxy-recorder")
+    upstream = client_session(settings.connect_timeout, settings.read_timeout, verify)
+    app[SERVICES] = Services(
+        settings=settings,
+        index=Index(reader, settings.effective_rules, settings.redact),
+        recorder=recorder,
+        reader=reader,
+        upstream=upstream,
+        redactor=settings.redact,
+        bodies=Bodies(reader),
+    )
+    team = [
+        asyncio.create_task(
+            changes.watch(settings.db_url, app[SERVICES].index.changed), name="rrproxy-changes"
+        )
+    ]
+    if instance is not None:
+        team.append(asyncio.create_task(_heartbeat(writer, instance), name="rrproxy-heartbeat"))
+    try:
+        yield
+    finally:
+        await upstream.close()
+        await recorder.close()
+        await writer_task
+        for task in team:
+            task.cancel()
+        await asyncio.gather(*team, return_exceptions=True)
+
+
+async def _heartbeat(writer: AsyncEngine, instance: int) -> None:
+    """Say this proxy is alive, so that another one starting does not repair what it is
+    recording (`proxy.store.instances`). A failing store is the recorder's to report."""
+    while True:
+        await asyncio.sleep(instances.HEARTBEAT_S)
+        try:
+            await instances.beat(writer, instance)
+        except Exception as exc:
+            log.debug("heartbeat not written: %s", getattr(exc, "orig", None) or exc)
 
 
 async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -41,6 +41,8 @@ class _Cassette:
     by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
+    seen: tuple[int, int] = (0, 0)  # the change counters (all, this one's) it was loaded at
+    rows: int = 0  # interactions in the store when loaded, plus those this process began since
     computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
 
     def add(self, entry: Entry) -> None:
@@ -78,6 +80,22 @@ class Index:
         # The keys of the recordings held, by the digest of what the key is computed from.
         self._keys: dict[bytes, str] = {}
         self._closest = Closest(engine, rules, self._redactor)
+        # Commits seen through other connections (`changed`): a cassette loaded before the
+        # counters moved is read again (its counters kept) on its next use.
+        self._changes_all = 0
+        self._changes: dict[str, int] = defaultdict(int)
+
+    def changed(self, cassette: str | None) -> None:
+        """Another proxy (or a command) committed a change to `cassette` (None: to any):
+        what it recorded becomes replayable here, what it removed is forgotten, from the
+        next request on (`proxy.store.changes` calls this)."""
+        if cassette is None:
+            self._changes_all += 1
+        else:
+            self._changes[cassette] += 1
+
+    def _generation(self, name: str) -> tuple[int, int]:
+        return (self._changes_all, self._changes.get(name, 0))
 
     def key(self, request: Request) -> str:
         known = self._keys.get(input_digest(request, self.rules))
@@ -111,17 +129,27 @@ class Index:
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
         cassette = self._cassettes.get(name)
-        if cassette is not None and not cassette.stale and not reload:
+        current = self._generation(name)
+        if cassette is not None and not cassette.stale and not reload and cassette.seen == current:
             return cassette  # loaded (a miss reloads it, under the lock)
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
-            if cassette is None or cassette.stale or reload:
+            current = self._generation(name)
+            if cassette is None or cassette.stale or reload or cassette.seen != current:
                 self._cassettes[name] = cassette = await self._load(name, cassette)
+                cassette.seen = current  # a change during the load: read again next time
             return cassette
 
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
         their rows: a recording that just ended) taking precedence."""
+        # Its entries already in the store before the read: absent from it, they were
+        # removed (through another proxy, or `rrproxy rm`) and are forgotten.
+        stored_before = {
+            e.interaction_id
+            for e in (*(previous.entries if previous else ()), *self._not_loaded.get(name, ()))
+            if e.interaction_id is not None and e.committed.is_set()
+        }
         stamps = await queries.interaction_stamps(self._engine, name)
         # This process's entries, taken after the read: one whose recording is still being
         # written has no id yet (its row, if read, says "recording" and is left out).
@@ -133,7 +161,7 @@ class Index:
         new = [s.id for s in stamps if s.id not in mine and s.outcome is not Outcome.RECORDING]
         heads = {h.id: h for h in await queries.interaction_heads(self._engine, name, new)}
         known = previous.computed if previous else {}
-        fresh = _Cassette(used=previous.used if previous else defaultdict(int))
+        fresh = _Cassette(used=previous.used if previous else defaultdict(int), rows=len(stamps))
         merged: list[Entry] = []
         for stamp in stamps:
             entry = mine.pop(stamp.id, None)
@@ -147,7 +175,7 @@ class Index:
             merged.append(entry)
             if (done := known.get(entry.row)) is not None:
                 self._computed(fresh, entry, done)
-        merged.extend(mine.values())
+        merged.extend(e for i, e in mine.items() if i not in stored_before)
         merged.extend(in_flight)  # still recording, not yet (all) in the store
         await self._compute(fresh, [e for e in merged if e.key is None or e.sketch is None])
         for entry in merged:
@@ -244,13 +272,19 @@ class Index:
         return entry
 
     async def _next_unused(self, cassette: str, key: str) -> Entry | None:
-        """Auto mode: the next recording for this key in this run, if one is left."""
+        """Auto mode: the next recording for this key in this run, if one is left. Before a
+        miss (which records), a cassette that grew in the store beyond what this process
+        loaded and added itself (another proxy recorded into it) is read again."""
         c = await self._cassette(cassette)
-        candidates = c.by_key.get(key, [])
-        n = c.used[key]
-        if n < len(candidates) and candidates[n].available:
-            c.used[key] += 1
-            return candidates[n]
+        for again in (False, True):
+            candidates = c.by_key.get(key, [])
+            n = c.used[key]
+            if n < len(candidates) and candidates[n].available:
+                c.used[key] += 1
+                return candidates[n]
+            if again or await queries.interaction_count(self._engine, cassette) <= c.rows:
+                return None
+            c = await self._cassette(cassette, reload=True)
         return None
 
     async def _for_replay(
@@ -322,6 +356,7 @@ class Index:
                 self._prune_at[cassette] = max(_PRUNE_AT_LEAST, 2 * len(entries))
             return
         c.add(self._keyed(entry))
+        c.rows += 1
         if use:
             assert entry.key is not None
             c.used[entry.key] += 1

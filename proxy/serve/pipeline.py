@@ -48,7 +48,8 @@ class Control:
 def control(request: web.Request, settings: Settings, state: RunState) -> Control:
     h = request.headers
     try:
-        mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else settings.mode
+        default = Mode.REPLAY if settings.read_only else settings.mode  # never writes
+        mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else default
         # The active cassette was checked when it was set.
         cassette = (
             check_cassette_name(h["Rrproxy-Cassette"])
@@ -59,6 +60,11 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
     except ValueError as exc:
         modes = ", ".join(m.value for m in Mode)
         raise BadRequest(f"bad rrproxy control header ({exc}; modes: {modes})") from None
+    if settings.read_only and mode is not Mode.REPLAY:
+        raise BadRequest(
+            f"this proxy is read-only (--read-only): it only replays, and mode {mode.value} "
+            "would write to the store; send the request to a proxy that records"
+        )
     return Control(mode, cassette, pace)
 
 

@@ -71,10 +71,11 @@ class Recorder:
         max_hold_s: float = MAX_HOLD_S,
         linger_s: float = 0.05,
         batch_bytes: int = 2**20,
+        instance: int | None = None,
     ):
         self.linger_s = linger_s
         self.batch_bytes = batch_bytes
-        self._db = BatchWriter(engine)  # on SQLite, a thread of its own
+        self._db = BatchWriter(engine, instance)  # on SQLite, a thread of its own
         self._high_water = high_water
         self._max_pending = max_pending_bytes
         self._max_hold_s = max_hold_s

@@ -29,8 +29,9 @@ WRITER_NICENESS = 19
 
 
 class BatchWriter:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, instance: int | None = None):
         self._engine = engine
+        self.instance = instance  # this proxy's row in `instances`, on each new interaction
         self._thread: ThreadPoolExecutor | None = None
         self._thread_engine: Engine | None = None
         url = engine.url.render_as_string(hide_password=False)
@@ -61,10 +62,12 @@ class BatchWriter:
         if self._thread is not None:
             assert self._thread_engine is not None
             return await asyncio.get_running_loop().run_in_executor(
-                self._thread, write_in_thread, self._thread_engine, batch, known
+                self._thread, write_in_thread, self._thread_engine, batch, known, self.instance
             )
         async with self._engine.begin() as conn:
-            return await conn.run_sync(lambda sync: write_batch(CoreStatements(sync), batch, known))
+            return await conn.run_sync(
+                lambda sync: write_batch(CoreStatements(sync), batch, known, self.instance)
+            )
 
     async def checkpoint(self) -> None:
         """Move SQLite's WAL into the database file, as far as readers allow."""

@@ -23,7 +23,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, writer: bool = False, read_only: bool = False) -> AsyncEngine:
     """An async engine; `writer=True` gives the single writer's engine (`BEGIN IMMEDIATE`).
 
     SQLite transactions are emitted by us rather than by the driver (SQLAlchemy's
@@ -32,6 +32,11 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
     statement is one consistent snapshot), which saves a BEGIN and a ROLLBACK per read.
     """
     if not is_sqlite(url):
+        if read_only and make_url(url).get_backend_name() == "postgresql":
+            settings = {"default_transaction_read_only": "on"}  # the server refuses writes
+            return create_async_engine(
+                url, pool_pre_ping=True, connect_args={"server_settings": settings}
+            )
         return create_async_engine(url, pool_pre_ping=True)
     engine = create_async_engine(
         url,
@@ -43,21 +48,33 @@ def create_engine(url: str, *, writer: bool = False) -> AsyncEngine:
     )
 
     _sqlite_setup(engine.sync_engine, writer=writer)
+    if read_only:
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _query_only(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA query_only=ON")  # SQLite refuses writes
+
     return engine
 
 
 @asynccontextmanager
 async def open_store(
-    url: str, *, writer: bool, migrate: bool = False
+    url: str,
+    *,
+    writer: bool,
+    migrate: bool = False,
+    lock_timeout: float = 30.0,
+    read_only: bool = False,
 ) -> AsyncIterator[AsyncEngine]:
     """An engine for the store, disposed of on the way out; `migrate=True` (a writer only)
-    first brings the schema to the newest revision (`StoreError` if it cannot)."""
+    first brings the schema to the newest revision (`StoreError` if it cannot), waiting up
+    to `lock_timeout` for a SQLite store another process holds locked."""
     if migrate and not writer:
         raise ValueError("only the writer's engine migrates the store")
-    engine = create_engine(url, writer=writer)
+    engine = create_engine(url, writer=writer, read_only=read_only)
     try:
         if migrate:
-            await migrations.upgrade(engine)
+            await migrations.upgrade(engine, lock_timeout=lock_timeout)
         yield engine
     finally:
         await engine.dispose()

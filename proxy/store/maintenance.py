@@ -1,35 +1,16 @@
-"""The store's upkeep outside recording: start-up repair, deleting a cassette, and the
+"""The store's upkeep outside recording: deleting a cassette, and the
 cassette directory's bookkeeping (the hash of each file as last loaded or written)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from proxy.core.records import Outcome
-from proxy.store.models import Cassette, CassetteFile, Event, Interaction
+from proxy.store.models import Cassette, CassetteFile, Interaction
 from proxy.store.queries import Source, connected
-
-
-async def mark_unfinished(engine: AsyncEngine) -> int:
-    """Interactions a killed process left open become incomplete (never replayed as complete)."""
-    of_this = Event.interaction_id == Interaction.id
-    async with engine.begin() as conn:
-        result = await conn.execute(
-            update(Interaction)
-            .where(Interaction.outcome == Outcome.RECORDING.value)
-            .values(
-                outcome=Outcome.INCOMPLETE.value,
-                error="the proxy stopped before the response ended",
-                event_count=select(func.count()).where(of_this).scalar_subquery(),
-                body_size=select(func.coalesce(func.sum(func.length(Event.data)), 0))
-                .where(of_this)
-                .scalar_subquery(),
-            )
-        )
-        return result.rowcount
+from proxy.store.writes import notify
 
 
 async def delete_cassette(conn: AsyncConnection, name: str) -> bool:
@@ -41,6 +22,7 @@ async def delete_cassette(conn: AsyncConnection, name: str) -> bool:
     # Events go with their interactions (ON DELETE CASCADE), interactions with the cassette.
     await conn.execute(delete(Interaction).where(Interaction.cassette_id == found))
     await conn.execute(delete(Cassette).where(Cassette.id == found))
+    await conn.run_sync(lambda sync: notify(sync, [name]))  # other proxies forget it
     return True
 
 

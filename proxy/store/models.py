@@ -48,7 +48,10 @@ class Cassette(Base):
 class Interaction(Base):
     """One request and its response head; the body lives in `events`.
 
-    `id` order within a cassette is recording order (the order requests started). An id is
+    `ordinal` is its place in the cassette (1, 2, ...) in the order recordings began, unique
+    per cassette: the writer that inserts it places it (`proxy.store.ordinals`), holding
+    the cassette's row, so proxies sharing the store never give one place twice. (Null only
+    inside the transaction that inserts it.) `instance_id` is the proxy recording it. An id is
     never given again, even after a delete (SQLite `AUTOINCREMENT`): the late events of a
     deleted interaction can never land in another one.
     """
@@ -56,6 +59,7 @@ class Interaction(Base):
     __tablename__ = "interactions"
     __table_args__ = (
         Index("ix_interactions_cassette_id_id", "cassette_id", "id"),
+        Index("uq_interactions_cassette_id_ordinal", "cassette_id", "ordinal", unique=True),
         {"sqlite_autoincrement": True},
     )
 
@@ -75,6 +79,8 @@ class Interaction(Base):
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     body_size: Mapped[int] = mapped_column(Integer, default=0)
     body_sha256: Mapped[str | None] = mapped_column(String(64))  # of the body as it arrived
+    instance_id: Mapped[int | None] = mapped_column(Integer)
+    ordinal: Mapped[int | None] = mapped_column(Integer)
 
 
 class Event(Base):
@@ -125,6 +131,20 @@ class Message(Base):
     kind: Mapped[str] = mapped_column(String(8))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     code: Mapped[int | None] = mapped_column(Integer)
+
+
+class Instance(Base):
+    """A running proxy (or worker process) on this store, with its heartbeat: start-up
+    repair leaves the open interactions of an instance whose heartbeat is fresh alone."""
+
+    __tablename__ = "instances"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class CassetteFile(Base):

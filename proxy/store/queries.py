@@ -140,7 +140,7 @@ async def interactions(
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     if finished_only:
         stmt = stmt.where(Interaction.outcome != Outcome.RECORDING.value)
@@ -179,6 +179,21 @@ async def counts(source: Source, cassette: str) -> tuple[int, int]:
             )
         ).one()
     return int(found[0]), int(found[1])
+
+
+async def interaction_count(source: Source, cassette: str) -> int:
+    """How many interactions a cassette holds, recording or not: its last ordinal (places
+    are 1..n without a gap), one step down an index."""
+    stmt = (
+        select(Interaction.ordinal)
+        .join(Cassette)
+        .where(Cassette.name == cassette, Interaction.ordinal.is_not(None))
+        .order_by(Interaction.ordinal.desc())
+        .limit(1)
+    )
+    async with connected(source) as conn:
+        found = await conn.scalar(stmt)
+    return int(found or 0)
 
 
 async def _page(
@@ -367,7 +382,7 @@ async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
@@ -402,7 +417,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
         )
         .join(Cassette)
         .where(Cassette.name == cassette, Interaction.id.in_(ids))
-        .order_by(Interaction.id)
+        .order_by(Interaction.ordinal, Interaction.id)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()

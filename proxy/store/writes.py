@@ -17,12 +17,15 @@ from datetime import UTC, datetime
 from itertools import chain
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from proxy.core.messages import Message as WsMessage
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
 from proxy.core.usage import Usage
+from proxy.store import ordinals
 from proxy.store.models import Cassette, Event, Interaction, Message
 from proxy.store.models import Usage as UsageRow
 
@@ -84,11 +87,13 @@ class Batch:
 
 
 def write_batch(
-    db: Statements, batch: Batch, known: dict[str, int]
+    db: Statements, batch: Batch, known: dict[str, int], instance: int | None = None
 ) -> tuple[dict[str, int], dict[Recording, int]]:
-    """One transaction: new interactions (final already if they ended in this batch), their
-    events, then the ends of interactions begun earlier. Returns the cassette ids it used
-    and the ids of the new interactions."""
+    """One transaction: new interactions (final already if they ended in this batch) put in
+    their places (`ordinals`), their events, then the ends of interactions begun earlier;
+    other proxies are told which cassettes have new recordings. Returns the cassette ids it
+    used and the ids of the new interactions. `instance`: the proxy writing (its row in
+    `instances`)."""
     ended_now = set(batch.ends)
     cassettes: dict[str, int] = {}
     new_ids: dict[Recording, int] = {}
@@ -97,10 +102,17 @@ def write_batch(
         cassettes = {name: known[name] for name in names if name in known}
         for name in sorted(names - cassettes.keys()):
             cassettes[name] = db.cassette_id(name)
+        db.lock(list(cassettes.values()))
         rows = [
-            _interaction_row(cassettes[rec.cassette], rec, rec in ended_now) for rec in batch.begins
+            _interaction_row(cassettes[rec.cassette], rec, rec in ended_now, instance)
+            for rec in batch.begins
         ]
         new_ids = dict(zip(batch.begins, db.insert_interactions(rows), strict=True))
+        placing: dict[int, list[tuple[int, datetime]]] = {}
+        for rec, id_ in new_ids.items():
+            placing.setdefault(cassettes[rec.cassette], []).append((id_, rec.started_at))
+        for cassette_id, new in placing.items():
+            db.place(cassette_id, new)
     if batch.events:
         events: list[_Row] = []
         messages: list[_MessageRow] = []
@@ -130,6 +142,8 @@ def write_batch(
     if ledger := [r for r in batch.ends if r.usage is not None and not r.dropped]:
         rows = [(r.interaction_id or new_ids.get(r), r.usage) for r in ledger]
         db.insert_usage([(i, u) for i, u in rows if i is not None and u is not None])
+    if batch.ends:
+        db.notify(sorted({rec.cassette for rec in batch.ends}))
     return cassettes, new_ids
 
 
@@ -151,6 +165,7 @@ _COLUMNS = (
     "started_at",
     "ttfb_ms",
     *_FINAL,
+    "instance_id",
 )
 """An interaction's columns but its id (the database gives it), in the order of
 `_interaction_row`."""
@@ -178,6 +193,15 @@ class Statements(Protocol):
     def insert_usage(self, rows: list[tuple[int, Usage]]) -> None:
         """The ledger rows of interactions that ended in this batch."""
 
+    def lock(self, cassette_ids: list[int]) -> None:
+        """Hold these cassettes until the transaction ends (`ordinals.lock`)."""
+
+    def place(self, cassette_id: int, new: list[tuple[int, datetime]]) -> None:
+        """Put new interactions in their places (`ordinals.place`)."""
+
+    def notify(self, cassettes: list[str]) -> None:
+        """Tell the other proxies, once this commits, that these cassettes changed."""
+
 
 class CoreStatements:
     """Any database, through SQLAlchemy Core."""
@@ -186,11 +210,16 @@ class CoreStatements:
         self._conn = conn
 
     def cassette_id(self, name: str) -> int:
-        found = self._conn.scalar(select(Cassette.id).where(Cassette.name == name))
-        if found is not None:
-            return found
-        created = insert(Cassette).values(name=name, created_at=datetime.now(UTC))
-        return self._conn.execute(created.returning(Cassette.id)).scalar_one()
+        return create_cassette(self._conn, name)
+
+    def lock(self, cassette_ids: list[int]) -> None:
+        ordinals.lock(self._conn, cassette_ids)
+
+    def place(self, cassette_id: int, new: list[tuple[int, datetime]]) -> None:
+        ordinals.place(self._conn, cassette_id, new)
+
+    def notify(self, cassettes: list[str]) -> None:
+        notify(self._conn, cassettes)
 
     def insert_interactions(self, rows: list[tuple[Any, ...]]) -> list[int]:
         statement = insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True)
@@ -327,7 +356,9 @@ _OPEN = (Outcome.RECORDING.value, None, None, 0, 0, None)
 """The `_FINAL` columns of an interaction still being recorded."""
 
 
-def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any, ...]:
+def _interaction_row(
+    cassette_id: int, rec: Recording, ended: bool, instance: int | None
+) -> tuple[Any, ...]:
     """The `_COLUMNS` values of a new interaction (header pairs are stored as JSON arrays)."""
     request, head = rec.request, rec.head
     return (
@@ -341,6 +372,7 @@ def _interaction_row(cassette_id: int, rec: Recording, ended: bool) -> tuple[Any
         rec.started_at,
         rec.ttfb_ms,
         *(_final(rec) if ended else _OPEN),
+        instance,
     )
 
 
@@ -363,10 +395,45 @@ def rehearse(engine: Engine) -> None:
 
 
 def write_in_thread(
-    engine: Engine, batch: Batch, known: dict[str, int]
+    engine: Engine, batch: Batch, known: dict[str, int], instance: int | None = None
 ) -> tuple[dict[str, int], dict[Recording, int]]:
     with engine.begin() as conn:
-        return write_batch(SqliteStatements(conn), batch, known)
+        return write_batch(SqliteStatements(conn), batch, known, instance)
+
+
+def create_cassette(conn: Connection, name: str) -> int:
+    """The cassette's id, created if it is new: `INSERT ... ON CONFLICT DO NOTHING`, so two
+    proxies creating it at once both get the one row (the second waits for the first's
+    commit, then reads it), where a read-then-insert failed on the unique name."""
+    found = conn.scalar(select(Cassette.id).where(Cassette.name == name))
+    if found is not None:
+        return int(found)
+    values = {"name": name, "created_at": datetime.now(UTC)}
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(
+            pg_insert(Cassette).values(values).on_conflict_do_nothing(index_elements=["name"])
+        )
+    elif dialect == "sqlite":
+        conn.execute(
+            sqlite_insert(Cassette).values(values).on_conflict_do_nothing(index_elements=["name"])
+        )
+    else:
+        conn.execute(insert(Cassette).values(values))
+    return int(conn.execute(select(Cassette.id).where(Cassette.name == name)).scalar_one())
+
+
+CHANGES_CHANNEL = "rrproxy_changes"
+"""PostgreSQL's channel for `NOTIFY`: the payload is the name of a cassette that changed."""
+
+
+def notify(conn: Connection, cassettes: list[str]) -> None:
+    """PostgreSQL: `pg_notify` for each cassette, delivered to listeners at commit (SQLite's
+    readers see a commit through `PRAGMA data_version` instead)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name in cassettes:
+        conn.execute(select(func.pg_notify(CHANGES_CHANNEL, name)))
 
 
 def refused(exc: Exception) -> bool:

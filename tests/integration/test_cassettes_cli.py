@@ -22,6 +22,7 @@ from proxy.store import migrate
 from proxy.store.engine import create_engine
 from tests.conftest import StartProxy, StartUpstream
 from tests.proc import run_cli
+from tests.stores import rows
 
 EVENTS = [
     b'event: delta\ndata: {"text": "caf\xc3\xa9"}\n\n',
@@ -70,7 +71,7 @@ async def record(
     return relayed, url
 
 
-def cli(*args: str, cwd: Path, db: Path) -> tuple[int, str, str]:
+def cli(*args: str, cwd: Path, db: Path | str) -> tuple[int, str, str]:
     result = run_cli(*args, "--db", str(db), cwd=cwd)
     return result.returncode, result.stdout, result.stderr
 
@@ -85,12 +86,13 @@ def table_rows(db: Path) -> list[tuple[object, ...]]:
         ]
 
 
+@pytest.mark.stores
 async def test_export_import_export_is_byte_identical_and_replays_the_same_bytes(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     bodies = (b'{"q": 1}', b'{"q": 2}', b"\x00bin")
     relayed, upstream = await record(start_upstream, start_proxy, *bodies)
-    code, _, err = cli("export", "c1", "-o", "c1.cassette.jsonl", cwd=tmp_path, db=db_path)
+    code, _, err = cli("export", "c1", "-o", "c1.cassette.jsonl", cwd=tmp_path, db=store_url)
     assert code == 0, err
     exported = (tmp_path / "c1.cassette.jsonl").read_bytes()
     assert b'"b64": "' in exported and "café".encode() in exported  # text as text
@@ -116,11 +118,12 @@ async def test_export_import_export_is_byte_identical_and_replays_the_same_bytes
                 assert await resp.read() == expected
 
 
+@pytest.mark.stores
 async def test_import_twice_changes_nothing_and_other_content_needs_replace(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     await record(start_upstream, start_proxy, b'{"q": 1}')
-    assert cli("export", "c1", cwd=tmp_path, db=db_path)[0] == 0  # default: NAME.cassette.jsonl
+    assert cli("export", "c1", cwd=tmp_path, db=store_url)[0] == 0  # default: NAME.cassette.jsonl
     file = tmp_path / "c1.cassette.jsonl"
     target = tmp_path / "target.db"
     assert cli("import", str(file), cwd=tmp_path, db=target)[0] == 0
@@ -204,12 +207,13 @@ def test_traversal_names_are_refused(tmp_path: Path, db_path: Path) -> None:
     assert not (tmp_path.parent / "outside.cassette.jsonl").exists()
 
 
+@pytest.mark.stores
 async def test_export_refuses_a_planted_key_and_says_where(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     body = json.dumps({"input": f"my key is {KEY}"}).encode()
     await record(start_upstream, start_proxy, b'{"q": "clean"}', body)
-    code, out, err = cli("export", "c1", cwd=tmp_path, db=db_path)
+    code, out, err = cli("export", "c1", cwd=tmp_path, db=store_url)
     assert code == 1
     assert "refusing to export cassette 'c1'" in err
     assert "line 7: request body: sk-proj-… (OpenAI-style API key)" in err
@@ -218,21 +222,22 @@ async def test_export_refuses_a_planted_key_and_says_where(
     assert "--allow-secrets" in err
     assert sorted(p.name for p in tmp_path.iterdir() if "jsonl" in p.name) == []  # noqa: ASYNC240
 
-    code, _, err = cli("export", "c1", "-o", "-", cwd=tmp_path, db=db_path)
+    code, _, err = cli("export", "c1", "-o", "-", cwd=tmp_path, db=store_url)
     assert code == 1 and "refusing" in err
 
-    code, _, err = cli("export", "c1", "--allow-secrets", cwd=tmp_path, db=db_path)
+    code, _, err = cli("export", "c1", "--allow-secrets", cwd=tmp_path, db=store_url)
     assert code == 0, err
     assert KEY in (tmp_path / "c1.cassette.jsonl").read_text()
 
 
+@pytest.mark.stores
 async def test_ls_show_and_rm(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     await record(start_upstream, start_proxy, b'{"q": 1}', b'{"q": 2}', cassette="alpha")
     await record(start_upstream, start_proxy, b"{}", cassette="beta")
 
-    code, out, err = cli("ls", cwd=tmp_path, db=db_path)
+    code, out, err = cli("ls", cwd=tmp_path, db=store_url)
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == [
@@ -248,7 +253,7 @@ async def test_ls_show_and_rm(
     assert lines[2].split()[:3] == ["beta", "1", "4"]
     assert lines[1].split()[-1] == "0"
 
-    code, out, _ = cli("ls", "--json", cwd=tmp_path, db=db_path)
+    code, out, _ = cli("ls", "--json", cwd=tmp_path, db=store_url)
     listed = json.loads(out)["cassettes"]
     assert [(c["name"], c["interactions"], c["events"], c["incomplete"]) for c in listed] == [
         ("alpha", 2, 8, 0),
@@ -256,7 +261,7 @@ async def test_ls_show_and_rm(
     ]
     assert listed[0]["size"] > 0 and listed[0]["last_recorded"].endswith("Z")
 
-    code, out, err = cli("show", "alpha", cwd=tmp_path, db=db_path)
+    code, out, err = cli("show", "alpha", cwd=tmp_path, db=store_url)
     assert code == 0, err
     assert out.startswith("cassette 'alpha': 2 interaction(s), 8 events, ")
     assert "#1  POST http://127.0.0.1:" in out and "#2  POST" in out
@@ -266,7 +271,7 @@ async def test_ls_show_and_rm(
     assert first < out.index('data: {"text": "café"}') < out.index("data: [DONE]")
     assert "(33 bytes, not UTF-8)" in out
 
-    code, out, _ = cli("show", "alpha", "--json", cwd=tmp_path, db=db_path)
+    code, out, _ = cli("show", "alpha", "--json", cwd=tmp_path, db=store_url)
     shown = json.loads(out)["interactions"]
     assert [i["number"] for i in shown] == [1, 2]
     assert shown[0]["complete"] is True and shown[0]["status"] == 200
@@ -274,20 +279,20 @@ async def test_ls_show_and_rm(
     assert shown[0]["body"][0]["data"] == 'event: echo\ndata: {"q": 1}\n\n'
     assert "b64" in shown[0]["body"][2]
 
-    code, _, err = cli("rm", "alpha", "nope", cwd=tmp_path, db=db_path)
+    code, _, err = cli("rm", "alpha", "nope", cwd=tmp_path, db=store_url)
     assert code == 1 and "'nope'" in err and "nothing was deleted" in err
-    code, out, _ = cli("rm", "alpha", cwd=tmp_path, db=db_path)
+    code, out, _ = cli("rm", "alpha", cwd=tmp_path, db=store_url)
     assert code == 0 and out.strip() == "deleted cassette 'alpha'"
-    code, out, _ = cli("ls", "--json", cwd=tmp_path, db=db_path)
+    code, out, _ = cli("ls", "--json", cwd=tmp_path, db=store_url)
     assert [c["name"] for c in json.loads(out)["cassettes"]] == ["beta"]
-    with closing(sqlite3.connect(db_path)) as conn:  # the events went with it
-        assert conn.execute("SELECT count(*) FROM events").fetchone() == (4,)
-    code, _, err = cli("show", "alpha", cwd=tmp_path, db=db_path)
+    assert rows(store_url, "SELECT count(*) FROM events") == [(4,)]  # the events went with it
+    code, _, err = cli("show", "alpha", cwd=tmp_path, db=store_url)
     assert code == 1 and "no cassette named 'alpha'" in err
 
 
+@pytest.mark.stores
 async def test_last_recorded_reads_the_same_in_ls_json_the_admin_endpoint_and_the_file(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     upstream = await start_upstream(sse_upstream())
     proxy = await start_proxy(upstream, mode="record", cassette="c1")
@@ -298,10 +303,10 @@ async def test_last_recorded_reads_the_same_in_ls_json_the_admin_endpoint_and_th
             (admin,) = (await resp.json())["cassettes"]
     await proxy.close()
 
-    code, out, err = cli("ls", "--json", cwd=tmp_path, db=db_path)
+    code, out, err = cli("ls", "--json", cwd=tmp_path, db=store_url)
     assert code == 0, err
     (listed,) = json.loads(out)["cassettes"]
-    code, out, err = cli("export", "c1", "-o", "-", cwd=tmp_path, db=db_path)
+    code, out, err = cli("export", "c1", "-o", "-", cwd=tmp_path, db=store_url)
     assert code == 0, err
     in_file = json.loads(out.splitlines()[1])["recorded_at"]  # the only interaction's line
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import StartProxy, StartUpstream
+from tests.stores import rows
 
 STREAMS = 150
 EVENTS = 50
@@ -65,10 +65,11 @@ async def fetch(
         return resp.headers["Rrproxy-Source"], await resp.read()
 
 
+@pytest.mark.stores
 async def test_150_concurrent_streams_recorded_then_replayed(
     start_upstream: StartUpstream,
     start_proxy: StartProxy,
-    db_path: Path,
+    store_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -93,15 +94,14 @@ async def test_150_concurrent_streams_recorded_then_replayed(
             health = await resp.json()
         assert (health["store"], health["recordings_dropped"]) == ("ok", 0)
 
-        with closing(sqlite3.connect(db_path, timeout=5)) as db:
-            interactions = db.execute(
-                "SELECT id, request_body, outcome, event_count FROM interactions"
-            ).fetchall()
-            stored: dict[int, list[tuple[int, bytes]]] = {}
-            for interaction_id, seq, data in db.execute(
-                "SELECT interaction_id, seq, data FROM events ORDER BY interaction_id, seq"
-            ):
-                stored.setdefault(interaction_id, []).append((seq, data))
+        interactions = rows(
+            store_url, "SELECT id, request_body, outcome, event_count FROM interactions"
+        )
+        stored: dict[int, list[tuple[int, bytes]]] = {}
+        for interaction_id, seq, data in rows(
+            store_url, "SELECT interaction_id, seq, data FROM events ORDER BY interaction_id, seq"
+        ):
+            stored.setdefault(interaction_id, []).append((seq, bytes(data)))
         assert len(interactions) == STREAMS
         assert sum(len(v) for v in stored.values()) == STREAMS * EVENTS
         streams = set()

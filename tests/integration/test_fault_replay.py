@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import sqlite3
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, closing, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,6 +19,7 @@ from aiohttp import web
 
 from tests.conftest import StartProxy, StartUpstream, close_quietly, tcp_server
 from tests.proc import eventually
+from tests.stores import rows
 
 MIB = 2**20
 WAIT_S = 10.0
@@ -171,13 +170,14 @@ async def silent_upstream(first: bytes = b"") -> AsyncIterator[SilentUpstream]:
         yield upstream
 
 
-def outcomes(db_path: Path) -> list[tuple[str, int]]:
-    with closing(sqlite3.connect(db_path)) as db:
-        return db.execute("SELECT outcome, event_count FROM interactions ORDER BY id").fetchall()
+def outcomes(store_url: str) -> list[tuple[str, int]]:
+    found = rows(store_url, "SELECT outcome, event_count FROM interactions ORDER BY ordinal")
+    return [(outcome, count) for outcome, count in found]
 
 
+@pytest.mark.stores
 async def test_upstream_silent_before_its_headers_504_leaves_nothing_behind(
-    start_proxy: StartProxy, db_path: Path
+    start_proxy: StartProxy, store_url: str
 ) -> None:
     async with silent_upstream() as upstream:
         proxy = await start_proxy(upstream.url, **{"timeouts.read": 0.3})
@@ -192,11 +192,12 @@ async def test_upstream_silent_before_its_headers_504_leaves_nothing_behind(
             # the proxy let go of each upstream connection
             await eventually(lambda: upstream.closed == 3, within=WAIT_S)
         await proxy.close()
-    assert outcomes(db_path) == []
+    assert outcomes(store_url) == []
 
 
+@pytest.mark.stores
 async def test_upstream_silent_mid_stream_leaves_nothing_behind(
-    start_proxy: StartProxy, db_path: Path
+    start_proxy: StartProxy, store_url: str
 ) -> None:
     head = (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
@@ -216,4 +217,4 @@ async def test_upstream_silent_mid_stream_leaves_nothing_behind(
             await settled(baseline)
             await eventually(lambda: upstream.closed == 3, within=WAIT_S)
         await proxy.close()
-    assert outcomes(db_path) == [("upstream_broken", 1)] * 3
+    assert outcomes(store_url) == [("upstream_broken", 1)] * 3

@@ -23,11 +23,17 @@ INTERACTION = (
 )
 
 
+COLUMNS_0001 = (
+    "id, cassette_id, method, url, request_headers, request_body, status, response_headers, "
+    "outcome, error, started_at, ttfb_ms, duration_ms, event_count, body_size"
+)
+
+
 def dump(db: Path) -> tuple[list[tuple[object, ...]], ...]:
     with closing(sqlite3.connect(db)) as conn:
         return (
             conn.execute("SELECT * FROM cassettes ORDER BY id").fetchall(),
-            conn.execute("SELECT * FROM interactions ORDER BY id").fetchall(),
+            conn.execute(f"SELECT {COLUMNS_0001} FROM interactions ORDER BY id").fetchall(),
             conn.execute(
                 "SELECT interaction_id, seq, t_ms, data FROM events ORDER BY interaction_id, seq"
             ).fetchall(),
@@ -66,6 +72,9 @@ async def test_0003_keeps_every_row_and_ids_are_never_given_again(db_path: Path)
         conn.execute("PRAGMA foreign_keys = ON")
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        # 0008 numbered each cassette's interactions in id order
+        ordinals = conn.execute("SELECT id, ordinal FROM interactions ORDER BY id").fetchall()
+        assert ordinals == [(1, 1), (2, 1), (3, 2)]
         # the newest interaction and cassette deleted: their ids do not come back
         conn.execute("DELETE FROM interactions WHERE id = 3")
         conn.execute("DELETE FROM cassettes WHERE id = 2")

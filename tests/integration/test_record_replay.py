@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +14,9 @@ from yarl import URL
 
 from tests.conftest import StartProxy, StartUpstream
 from tests.proc import run_cli
+from tests.stores import rows
+
+pytestmark = pytest.mark.stores
 
 
 def counting_upstream() -> tuple[web.Application, list[web.Request]]:
@@ -222,7 +224,7 @@ async def test_ignored_body_fields_and_matched_headers(
 
 
 async def test_control_headers_are_stripped_and_choose_the_cassette(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     app, seen = counting_upstream()
     upstream = await start_upstream(app)
@@ -245,9 +247,8 @@ async def test_control_headers_are_stripped_and_choose_the_cassette(
     assert sent == ["rrproxy-hops"]  # loop detection; no control header
     assert [(c["name"], c["interactions"]) for c in listed] == [("other", 1)]
     await proxy.close()
-    with sqlite3.connect(db_path) as db:
-        (stored,) = db.execute("SELECT request_headers FROM interactions").fetchone()
-    assert "rrproxy" not in stored.lower()
+    [(stored,)] = rows(store_url, "SELECT request_headers FROM interactions")
+    assert "rrproxy" not in str(stored).lower()
 
 
 async def test_passthrough_records_nothing(
@@ -357,7 +358,7 @@ async def test_a_streamed_recording_replays_chunked_and_to_http_1_0_until_close(
 
 
 async def test_a_cassette_removed_under_a_running_proxy_never_replays_stale_bodies(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str, tmp_path: Path
 ) -> None:
     app, _ = counting_upstream()
     upstream = await start_upstream(app)
@@ -370,7 +371,7 @@ async def test_a_cassette_removed_under_a_running_proxy_never_replays_stale_bodi
         ] == first[2]  # now in the body cache
         async with client.get(proxy.make_url("/_rrproxy/cassettes")):
             pass  # flushed
-        result = run_cli("rm", "c", "--db", str(db_path), cwd=tmp_path)
+        result = run_cli("rm", "c", "--db", store_url, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         # no reset: SQLite gives the new recording the deleted one's id
         second = await post(client, proxy.make_url("/v1/plain"), json={"q": 1})

@@ -10,8 +10,6 @@ JSON) is refused with a 400 before anything is queued.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +19,9 @@ from aiohttp.test_utils import TestServer
 
 from tests.conftest import StartProxy, StartUpstream, close_quietly
 from tests.proc import eventually, run_cli
+from tests.stores import rows as query
+
+pytestmark = pytest.mark.stores
 
 EVENTS = 40
 HALF = 25
@@ -56,36 +57,35 @@ class GatedUpstream:
         return response
 
 
-def rows(db_path: Path) -> list[tuple[str, int, str, int, bytes]]:
+def rows(db: Path | str) -> list[tuple[str, int, str, int, bytes]]:
     """(cassette, interaction id, outcome, event count, body) of every stored interaction."""
-    with closing(sqlite3.connect(db_path)) as db:
-        found = db.execute(
-            "SELECT c.name, i.id, i.outcome, i.event_count FROM interactions i "
-            "JOIN cassettes c ON c.id = i.cassette_id ORDER BY i.id"
-        ).fetchall()
-        return [
-            (
-                cassette,
-                id_,
-                outcome,
-                count,
-                b"".join(
-                    data
-                    for (data,) in db.execute(
-                        "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", (id_,)
-                    )
-                ),
-            )
-            for cassette, id_, outcome, count in found
-        ]
+    found = query(
+        db,
+        "SELECT c.name, i.id, i.outcome, i.event_count FROM interactions i "
+        "JOIN cassettes c ON c.id = i.cassette_id ORDER BY i.id",
+    )
+    return [
+        (
+            cassette,
+            id_,
+            outcome,
+            count,
+            b"".join(
+                bytes(data)
+                for (data,) in query(
+                    db, "SELECT data FROM events WHERE interaction_id = ? ORDER BY seq", id_
+                )
+            ),
+        )
+        for cassette, id_, outcome, count in found
+    ]
 
 
-def orphan_events(db_path: Path) -> int:
-    with closing(sqlite3.connect(db_path)) as db:
-        (n,) = db.execute(
-            "SELECT count(*) FROM events WHERE interaction_id NOT IN (SELECT id FROM interactions)"
-        ).fetchone()
-        return int(n)
+def orphan_events(db: Path | str) -> int:
+    [(n,)] = query(
+        db, "SELECT count(*) FROM events WHERE interaction_id NOT IN (SELECT id FROM interactions)"
+    )
+    return int(n)
 
 
 async def cassettes_status(proxy: TestServer) -> int:
@@ -115,7 +115,7 @@ async def record(proxy: TestServer, name: str, cassette: str) -> bytes:
 async def test_a_cassette_deleted_mid_recording_loses_that_recording_and_only_that(
     start_upstream: StartUpstream,
     start_proxy: StartProxy,
-    db_path: Path,
+    store_url: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     how: str,
@@ -127,7 +127,7 @@ async def test_a_cassette_deleted_mid_recording_loses_that_recording_and_only_th
         await record(proxy, "other", "victim")
         assert await cassettes_status(proxy) == 200
         done = await asyncio.to_thread(
-            run_cli, "export", "victim", "-o", str(replacement), "--db", str(db_path), cwd=tmp_path
+            run_cli, "export", "victim", "-o", str(replacement), "--db", store_url, cwd=tmp_path
         )
         assert done.returncode == 0, done.stderr
 
@@ -140,9 +140,9 @@ async def test_a_cassette_deleted_mid_recording_loses_that_recording_and_only_th
             while received.count(b"\n\n") < HALF:  # the first half has reached the client
                 received += await r.content.readany()
             assert await cassettes_status(proxy) == 200  # ... and the store
-            victim_id = rows(db_path)[-1][1]
+            victim_id = rows(store_url)[-1][1]
             args = ["rm", "victim"] if how == "rm" else ["import", str(replacement), "--replace"]
-            done = await asyncio.to_thread(run_cli, *args, "--db", str(db_path), cwd=tmp_path)
+            done = await asyncio.to_thread(run_cli, *args, "--db", store_url, cwd=tmp_path)
             assert done.returncode == 0, done.stderr
             upstream.go.set()
             received += await r.read()  # the client's stream goes on to its end
@@ -151,11 +151,11 @@ async def test_a_cassette_deleted_mid_recording_loses_that_recording_and_only_th
     # recording goes on, for everyone, into the right cassette
     assert await record(proxy, "innocent", "innocent") == body_of("innocent")
     assert await cassettes_status(proxy) == 200
-    stored = await eventually(lambda: [r for r in rows(db_path) if r[0] == "innocent"] or None)
+    stored = await eventually(lambda: [r for r in rows(store_url) if r[0] == "innocent"] or None)
     [(_, innocent_id, outcome, count, body)] = stored
     assert (outcome, count, body) == ("complete", EVENTS, body_of("innocent"))
-    assert orphan_events(db_path) == 0
-    victim = [r for r in rows(db_path) if r[0] == "victim"]
+    assert orphan_events(store_url) == 0
+    victim = [r for r in rows(store_url) if r[0] == "victim"]
     if how == "rm":
         assert victim == []
     else:  # only what was imported: the imported interaction, whole
@@ -163,7 +163,7 @@ async def test_a_cassette_deleted_mid_recording_loses_that_recording_and_only_th
             ("complete", body_of("other"))
         ]
     # the id of the deleted interaction was not given again
-    assert victim_id not in [id_ for _, id_, *_ in rows(db_path)]
+    assert victim_id not in [id_ for _, id_, *_ in rows(store_url)]
     assert innocent_id > victim_id
     [line] = [r.getMessage() for r in caplog.records if "dropped the recording" in r.getMessage()]
     assert "'victim'" in line and "/v1/victim" in line
@@ -187,7 +187,7 @@ async def raw_request(port: int, head: bytes) -> tuple[int, bytes]:
 
 
 async def test_a_cassette_name_that_is_not_text_is_refused_and_recording_goes_on(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     upstream = GatedUpstream(gated="")
     proxy = await start_proxy(await start_upstream(upstream.app), mode="record")
@@ -213,4 +213,6 @@ async def test_a_cassette_name_that_is_not_text_is_refused_and_recording_goes_on
     # nothing was queued: recording goes on, and the store answers
     assert await record(proxy, "good", "good") == body_of("good")
     assert await cassettes_status(proxy) == 200
-    assert [(c, o, b) for c, _, o, _, b in rows(db_path)] == [("good", "complete", body_of("good"))]
+    assert [(c, o, b) for c, _, o, _, b in rows(store_url)] == [
+        ("good", "complete", body_of("good"))
+    ]

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from tests.conftest import StartProxy, StartUpstream, example_events, sse_event
 
+pytestmark = pytest.mark.stores
+
 
 def responses_upstream(calls: list[dict[str, Any]]) -> web.Application:
     """Serves the real recorded OpenAI Responses stream, with gaps between events."""

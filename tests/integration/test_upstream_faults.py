@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.conftest import StartProxy, StartUpstream, stored
+
+pytestmark = pytest.mark.stores
 
 
 def free_port() -> int:
@@ -31,7 +32,7 @@ async def test_upstream_refusing_answers_502_naming_it(start_proxy: StartProxy) 
 
 
 async def test_upstream_silent_before_headers_answers_504(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     never = asyncio.Event()
 
@@ -51,11 +52,11 @@ async def test_upstream_silent_before_headers_answers_504(
     assert error["type"] == "rrproxy_upstream_timeout"
     assert "did not answer in time" in error["message"]
     await proxy.close()
-    assert stored(db_path) == []  # nothing to replay: nothing recorded
+    assert stored(store_url) == []  # nothing to replay: nothing recorded
 
 
 async def test_upstream_silent_mid_stream_breaks_the_client_and_is_recorded_as_broken(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     never = asyncio.Event()
 
@@ -77,13 +78,13 @@ async def test_upstream_silent_mid_stream_breaks_the_client_and_is_recorded_as_b
                 await resp.content.read()
     never.set()
     await proxy.close()
-    [(outcome, error, events, body)] = stored(db_path)
+    [(outcome, error, events, body)] = stored(store_url)
     assert (outcome, events, body) == ("upstream_broken", 1, b"data: 1\n\n")
     assert error is not None and "Timeout" in error
 
 
 async def test_upstream_reset_mid_stream_is_relayed_recorded_and_replayed_as_a_break(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     async def reset(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -112,13 +113,13 @@ async def test_upstream_reset_mid_stream_is_relayed_recorded_and_replayed_as_a_b
     assert await fetch({}) == (b"data: 1\n\ndata: 2\n\n", "recorded")
     assert await fetch({"Rrproxy-Mode": "replay"}) == (b"data: 1\n\ndata: 2\n\n", "replayed")
     await proxy.close()
-    [(outcome, error, events, body)] = stored(db_path)
+    [(outcome, error, events, body)] = stored(store_url)
     assert (outcome, events, body) == ("upstream_broken", 2, b"data: 1\n\ndata: 2\n\n")
     assert error is not None and "upstream broke the stream" in error
 
 
 async def test_client_hanging_up_still_records_the_whole_stream(
-    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+    start_upstream: StartUpstream, start_proxy: StartProxy, store_url: str
 ) -> None:
     client_gone = asyncio.Event()
     upstream_done = asyncio.Event()
@@ -160,5 +161,5 @@ async def test_client_hanging_up_still_records_the_whole_stream(
         ) as resp:
             assert await resp.read() == full
     await proxy.close()
-    [(outcome, _, events, body)] = stored(db_path)
+    [(outcome, _, events, body)] = stored(store_url)
     assert (outcome, events, body) == ("client_gone", 20, full)
