@@ -44,7 +44,8 @@ class Control:
 def control(request: web.Request, settings: Settings, state: RunState) -> Control:
     h = request.headers
     try:
-        mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else settings.mode
+        default = state.mode or settings.mode  # the UI may have switched it
+        mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else default
         # The active cassette was checked when it was set.
         cassette = (
             check_cassette_name(h["Rrproxy-Cassette"])

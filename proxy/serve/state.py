@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.config import Settings
+from proxy.config import Mode, Settings
 from proxy.core.redact import Redactor
 from proxy.serve.index import Index
 from proxy.serve.recorder import Recorder
@@ -30,9 +30,11 @@ class Services:
 
 @dataclass
 class RunState:
-    """The active cassette, for requests that name none (changed through the admin API)."""
+    """The active cassette, for requests that name none (changed through the admin API),
+    and the mode when the UI has switched it (None: the configured one)."""
 
     cassette: str
+    mode: Mode | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -1,0 +1,36 @@
+"""What the UI's handlers share: the store's engines, whether changes are allowed, the
+CSRF token, and, inside `rrproxy serve`, the running proxy (its index, run and misses)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from proxy.config import Settings
+from proxy.serve.state import RunState, Services
+from proxy.ui.misses import Misses
+
+
+@dataclass
+class Ui:
+    settings: Settings
+    reader: AsyncEngine
+    writer: AsyncEngine | None  # None: read-only (`rrproxy ui` unless --writable)
+    services: Services | None = None  # inside `rrproxy serve`
+    run: RunState | None = None
+    cassette_dir: Path | None = None  # the files a delete must remove too
+    misses: Misses = field(default_factory=Misses)
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    scans: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
+    """Secret-scan status by cassette, with the (interactions, events) it was taken at."""
+
+    @property
+    def serving(self) -> bool:
+        return self.services is not None
+
+
+UI = web.AppKey("rrproxy_ui", Ui)
