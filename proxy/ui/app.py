@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy.cassettes.directory import CassetteDir
 from proxy.config import Settings
 from proxy.core.records import Request
 from proxy.errors import NotFound, RrproxyError
@@ -110,7 +111,8 @@ def create_ui_app(
     settings: Settings, *, writable: bool = False, cassette_dir: Path | None = None
 ) -> web.Application:
     """The UI alone, over the store `settings` name: nothing is proxied. Read-only unless
-    `writable`. The store is opened (and migrated) at start."""
+    `writable`. The store is opened (and migrated) at start; `cassette_dir`'s files are
+    loaded into it first (and a cassette deleted through the UI loses its file)."""
     app = web.Application(middlewares=[_errors, _guard])
     app[SETTINGS] = settings
     templating.setup(app)
@@ -123,6 +125,8 @@ def create_ui_app(
             open_store(settings.db_url, writer=True, migrate=True) as writer,
             open_store(settings.db_url, writer=False) as reader,
         ):
+            if cassette_dir is not None:  # the files fill the store first
+                await CassetteDir(cassette_dir, writer, reader, settings.redact).load()
             app[UI] = Ui(
                 settings=settings,
                 reader=reader,
