@@ -34,6 +34,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get(p + "/cassettes/{name}/scan", views.scan)
     app.router.add_get(p + "/interactions/{id}", views.interaction)
     app.router.add_get(p + "/interactions/{id}/summary", views.summary)
+    app.router.add_get(p + "/interactions/{id}/timeline", views.timeline)
     app.router.add_get(p + "/live", live.page)
     app.router.add_get(p + "/live/feed", live.feed)
     app.router.add_get(p + "/misses", views.misses)

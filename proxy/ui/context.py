@@ -4,8 +4,10 @@ CSRF token, and, inside `rrproxy serve`, the running proxy (its index, run and m
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +29,8 @@ class Ui:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     scans: dict[str, tuple[tuple[int, int], str]] = field(default_factory=dict)
     """Secret-scan status by cassette, with the (interactions, events) it was taken at."""
+    timelines: OrderedDict[int, dict[str, Any]] = field(default_factory=OrderedDict)
+    """Timelines drawn of finished recordings, by interaction id (the latest few)."""
 
     @property
     def serving(self) -> bool:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.cassettes.file_format import file_name
 from proxy.cassettes.transfer import export
+from proxy.core.records import Outcome
 from proxy.core.secrets_scan import scan_request, scan_response
 from proxy.errors import CassetteNotFound, SecretsFound
 from proxy.serve.nearest import Closest
@@ -132,11 +133,7 @@ async def interaction(request: web.Request) -> web.Response:
     event = _int(request, "event")
     page = (event - 1) // reads.PAGE if event > 0 else max(_int(request, "page"), 0)
     events = await reads.events_page(ui.reader, interaction_id, page=page)
-    last_t = h.row.duration_ms or 0.0
-    span = max(last_t, h.row.ttfb_ms, h.first_event_ms or 0.0, 1.0)
-    buckets, gaps = await reads.timeline(ui.reader, interaction_id, span)
-    if buckets:
-        span = max(span, buckets[-1].start_ms)
+    tl = await _timeline_of(ui, h) if h.row.events <= INLINE_TIMELINE_EVENTS else None
     shown = []
     for e in events:
         name, data = render.sse_parts(e.data)
@@ -167,12 +164,50 @@ async def interaction(request: web.Request) -> web.Response:
             "body_kind": body_kind,
             "body": body,
             "curl": render.curl(h.request),
-            "tl": _timeline(buckets, gaps, span, h.row.ttfb_ms, h.first_event_ms),
+            "tl": tl,
+            "timeline_url": interaction_url(interaction_id) + "/timeline",
             "others": others,
             "download": cassette_url(h.cassette) + "/download",
             "summary_url": interaction_url(interaction_id) + "/summary",
         },
     )
+
+
+INLINE_TIMELINE_EVENTS = 10_000
+"""A stream with more events has its timeline drawn after the first screen (`timeline`)."""
+CACHED_TIMELINES = 64
+
+
+async def _timeline_of(ui: Ui, h: reads.Head) -> dict[str, Any]:
+    """The timeline's geometry; kept for the next view once the recording is over."""
+    key = h.row.id
+    cached = ui.timelines.get(key)
+    if cached is not None:
+        ui.timelines.move_to_end(key)
+        return cached
+    span = max(h.row.duration_ms or 0.0, h.row.ttfb_ms, h.first_event_ms or 0.0, 1.0)
+    buckets, gaps = await reads.timeline(ui.reader, h.row.id, span)
+    if buckets:
+        span = max(span, buckets[-1].start_ms)
+    drawn = _timeline(buckets, gaps, span, h.row.ttfb_ms, h.first_event_ms)
+    if h.row.outcome is not Outcome.RECORDING:
+        ui.timelines[key] = drawn
+        while len(ui.timelines) > CACHED_TIMELINES:
+            ui.timelines.popitem(last=False)
+    return drawn
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """The timeline of a long stream: an HTML fragment the interaction page loads."""
+    ui = request.app[UI]
+    try:
+        h = await reads.head(ui.reader, int(request.match_info["id"]))
+    except ValueError:
+        h = None
+    if h is None:
+        return page_not_found(request, "no such interaction")
+    tl = await _timeline_of(ui, h)
+    return templating.page("timeline_block.html", request, {"tl": tl, "h": h})
 
 
 def _timeline(

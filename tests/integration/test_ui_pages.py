@@ -122,6 +122,33 @@ async def test_the_events_table_is_paged(
     assert "page 2 of 3" in at and '<tr id="e150">' in at
 
 
+async def test_a_long_stream_s_timeline_is_drawn_after_the_first_screen(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
+) -> None:
+    from aiohttp import web
+
+    async def long(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"".join(f"data: {n}\n\n".encode() for n in range(10_001)))
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", long)
+    proxy = await start_proxy(await start_upstream(app))
+    await record(proxy, "long")
+    await flush(proxy)
+    (interaction_id,) = ids(db_path)
+    first = await page(proxy, f"{UI}/interactions/{interaction_id}")
+    assert f'data-src="/_rrproxy/ui/interactions/{interaction_id}/timeline"' in first
+    assert 'class="mark"' not in first and "page 1 of 101" in first
+    drawn = await page(proxy, f"{UI}/interactions/{interaction_id}/timeline")
+    assert drawn.count('class="mark"') >= 1 and 'class="ttfb"' in drawn
+    assert drawn == await page(proxy, f"{UI}/interactions/{interaction_id}/timeline")  # kept
+    await page(proxy, f"{UI}/interactions/0/timeline", status=404)
+
+
 async def test_the_download_is_the_cassette_file(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:

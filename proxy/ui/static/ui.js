@@ -57,13 +57,16 @@
     }
   });
 
-  // The interaction page's LLM summary, read after the first screen.
-  const summary = document.getElementById("summary");
-  if (summary) {
-    fetch(summary.dataset.src, { credentials: "same-origin" })
-      .then((r) => r.text())
-      .then((html) => { summary.innerHTML = html; })
-      .catch(() => { summary.innerHTML = "<h2>Summary</h2><p class=muted>could not be read</p>"; });
+  // Parts of the interaction page read after its first screen: the LLM summary, and the
+  // timeline of a long stream. The fragments are the server's own HTML.
+  for (const id of ["summary", "timeline"]) {
+    const part = document.getElementById(id);
+    if (!part || !part.dataset.src) continue;
+    const title = part.querySelector("h2").outerHTML;
+    fetch(part.dataset.src, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.text() : Promise.reject(new Error(r.statusText))))
+      .then((html) => { part.innerHTML = (id === "timeline" ? title : "") + html; })
+      .catch(() => { part.innerHTML = title + "<p class=muted>could not be read</p>"; });
   }
 
   // The live page: recordings over SSE, each timeline growing as its events arrive.
