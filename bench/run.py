@@ -63,10 +63,34 @@ async def started(name: str, upstream: str, workdir: Path, db: Path) -> AsyncIte
         yield Target(name, server.url, server.pid)
 
 
-async def run_loads(target: Target, sizes: Sizes, deadline: float) -> dict[str, Figures]:
+async def watch_live(url: str) -> None:
+    """`--ui-live`: the web UI's live page open on the proxy for the whole run (its SSE feed
+    read and thrown away), as a developer watching the recordings would have it."""
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        async with session.get(url + "/_rrproxy/ui/live/feed") as feed:
+            async for _ in feed.content.iter_any():
+                pass
+
+
+async def run_loads(
+    target: Target, sizes: Sizes, deadline: float, ui_live: bool = False
+) -> dict[str, Figures]:
     """Every load against one running target; a failing load is recorded, not fatal."""
     cassette = CASSETTE if target.name == "record" else None
     results: dict[str, Figures] = {}
+    live = None
+    if ui_live and target.name in ("passthrough", "record", "replay"):
+        live = asyncio.create_task(watch_live(target.url), name="bench-ui-live")
+    try:
+        return await _loads(target, sizes, deadline, cassette, results)
+    finally:
+        if live is not None:
+            live.cancel()
+
+
+async def _loads(
+    target: Target, sizes: Sizes, deadline: float, cassette: str | None, results: dict[str, Figures]
+) -> dict[str, Figures]:
     async with aiohttp.ClientSession(trust_env=False, timeout=REQUEST_TIMEOUT) as session:
         steps: dict[str, Callable[[], Awaitable[Figures]]] = {
             "latency": partial(loads.latency, session, target.url, sizes),
@@ -98,7 +122,9 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def run(targets: Sequence[str], sizes: Sizes, repeat: int) -> report.Runs:
+async def run(
+    targets: Sequence[str], sizes: Sizes, repeat: int, ui_live: bool = False
+) -> report.Runs:
     runs: report.Runs = {name: [] for name in targets}
     # replay serves what record stored in the same repeat: record even when not reported.
     order = [t for t in TARGETS if t in targets or (t == "record" and "replay" in targets)]
@@ -114,7 +140,7 @@ async def run(targets: Sequence[str], sizes: Sizes, repeat: int) -> report.Runs:
                     db = workdir / f"{index}-{'record' if name == 'replay' else name}.db"
                     try:
                         async with started(name, up.url, workdir, db) as target:
-                            result = await run_loads(target, sizes, deadline)
+                            result = await run_loads(target, sizes, deadline, ui_live)
                     except (procs.BenchError, OSError) as exc:
                         error = f"{type(exc).__name__}: {exc}"
                         result = {
@@ -139,6 +165,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated subset of {','.join(TARGETS)}",
     )
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON, help="default %(default)s")
+    parser.add_argument(
+        "--ui-live",
+        action="store_true",
+        help="keep the web UI's live page open on each rrproxy target (its SSE feed)",
+    )
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
@@ -158,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = loads.QUICK if args.quick else loads.FULL
     targets = [t for t in TARGETS if t in args.targets]
     try:
-        runs = asyncio.run(run(targets, sizes, args.repeat))
+        runs = asyncio.run(run(targets, sizes, args.repeat, args.ui_live))
     except KeyboardInterrupt:
         _say("interrupted: servers stopped, nothing written")
         return 130
@@ -170,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "aiohttp": aiohttp.__version__,
         "cpus": os.cpu_count(),
+        "ui_live": args.ui_live,
         "ratios": "cost relative to the reference, >1 is worse (throughputs inverted)",
     }
     summary = report.summarize(runs, meta)
