@@ -1,9 +1,11 @@
 """The live page's feed: recordings as they stream, pushed to the browser over SSE.
 
 The feed reads the store, where the recorder puts each event within its linger (50 ms):
-it never touches the recording path, so an open page costs the proxy nothing but a few
-small reads a second on a connection of its own. It is served under `/_rrproxy/`, which
-the proxy never forwards nor records. It ends when the browser leaves or the server stops.
+it never touches the recording path, and what it reads does not grow with a stream (each
+look at a stream: its new events grouped into 50 ms marks by the database, and its latest
+ten), so an open page costs the proxy a few small reads a second. It is served under
+`/_rrproxy/`, which the proxy never forwards nor records. It ends when the browser leaves
+or the server stops.
 """
 
 from __future__ import annotations
@@ -58,13 +60,12 @@ async def feed(request: web.Request) -> web.StreamResponse:
                     followed.pop(next(iter(followed)))
             states = await reads.outcomes(ui.reader, list(followed))
             for interaction_id in list(followed):
-                after = followed[interaction_id]
-                events = await reads.events_after(ui.reader, interaction_id, after)
-                if events:
-                    followed[interaction_id] = events[-1][0]
-                    out.append(_send("events", {"id": interaction_id, "events": _events(events)}))
+                gained = await reads.progress(ui.reader, interaction_id, followed[interaction_id])
+                if gained is not None:
+                    followed[interaction_id] = gained.last_seq
+                    out.append(_send("events", _progress(interaction_id, gained)))
                 state = states.get(interaction_id)
-                if state is None or (state[0] != Outcome.RECORDING.value and len(events) < 500):
+                if state is None or (state[0] != Outcome.RECORDING.value and gained is None):
                     followed.pop(interaction_id)
                     out.append(
                         _send(
@@ -99,12 +100,19 @@ def _interaction(live: reads.Live) -> dict[str, Any]:
     }
 
 
-def _events(events: list[tuple[int, float, int, bytes]]) -> list[dict[str, Any]]:
-    out = []
-    for seq, t, size, head in events:
+def _progress(interaction_id: int, gained: reads.Progress) -> dict[str, Any]:
+    latest = []
+    for seq, t, size, head in gained.latest:
         name, data = render.sse_parts(head)
-        out.append({"n": seq + 1, "t": t, "size": size, "name": name, "data": (data or "")[:120]})
-    return out
+        latest.append(
+            {"n": seq + 1, "t": t, "size": size, "name": name, "data": (data or "")[:120]}
+        )
+    return {
+        "id": interaction_id,
+        "marks": [{"t": t, "events": n, "size": size} for t, n, size in gained.marks],
+        "latest": latest,
+        "total": gained.last_seq + 1,
+    }
 
 
 async def stop(app: web.Application) -> None:

@@ -324,18 +324,51 @@ async def outcomes(engine: AsyncEngine, ids: list[int]) -> dict[int, tuple[str, 
         return {r.id: (r.outcome, r.event_count) for r in await conn.execute(stmt)}
 
 
-async def events_after(
-    engine: AsyncEngine, interaction_id: int, after_seq: int, limit: int = 500
-) -> list[tuple[int, float, int, bytes]]:
-    """(seq, t ms, size, first bytes) of the events after `after_seq`, at most `limit`."""
-    stmt = (
-        select(Event.seq, Event.t_ms, func.length(Event.data), func.substr(Event.data, 1, 200))
-        .where(Event.interaction_id == interaction_id, Event.seq > after_seq)
-        .order_by(Event.seq)
-        .limit(limit)
-    )
+@dataclass(frozen=True)
+class Progress:
+    """What a stream being watched gained since the last look: its marks on the timeline
+    (events grouped by `LIVE_SLOT_MS`) and its latest few events, never all of them."""
+
+    last_seq: int
+    marks: list[tuple[float, int, int]]  # (slot start ms, events, bytes)
+    latest: list[tuple[int, float, int, bytes]]  # (seq, t ms, size, first bytes)
+
+
+LIVE_SLOT_MS = 50.0
+LIVE_LATEST = 10
+
+
+async def progress(engine: AsyncEngine, interaction_id: int, after_seq: int) -> Progress | None:
+    """The events after `after_seq` as the live page draws them (None if there are none):
+    two small queries whose answers do not grow with the stream."""
+    newer = (Event.interaction_id == interaction_id, Event.seq > after_seq)
     async with engine.connect() as conn:
-        return [(r[0], r[1], int(r[2]), bytes(r[3])) for r in await conn.execute(stmt)]
+        latest = (
+            await conn.execute(
+                select(
+                    Event.seq, Event.t_ms, func.length(Event.data), func.substr(Event.data, 1, 200)
+                )
+                .where(*newer)
+                .order_by(Event.seq.desc())
+                .limit(LIVE_LATEST)
+            )
+        ).all()
+        if not latest:
+            return None
+        slot = cast(Event.t_ms / LIVE_SLOT_MS, Integer)
+        marks = (
+            await conn.execute(
+                select(slot, func.count(), func.sum(func.length(Event.data)))
+                .where(*newer)
+                .group_by(slot)
+                .order_by(slot)
+            )
+        ).all()
+    return Progress(
+        last_seq=latest[0][0],
+        marks=[(r[0] * LIVE_SLOT_MS, r[1], int(r[2] or 0)) for r in marks],
+        latest=[(r[0], r[1], int(r[2]), bytes(r[3])) for r in reversed(latest)],
+    )
 
 
 async def latest_id(engine: AsyncEngine) -> int:

@@ -129,6 +129,9 @@ async def test_every_page_loads_clean_and_a_click_through_reaches_an_event(
     await page.wait_for_selector("svg.timeline")  # type: ignore[attr-defined]
     await page.wait_for_selector("#summary:has-text('Hello, World!')")  # type: ignore[attr-defined]
     await shots.take(page, "interaction")
+    await page.click("#copy-curl")  # type: ignore[attr-defined]
+    await page.wait_for_selector("#flash:has-text('curl command')")  # type: ignore[attr-defined]
+    assert "curl -N -X POST" in await page.input_value("#curl")  # type: ignore[attr-defined]
     row = page.locator("#e5")  # type: ignore[attr-defined]
     await row.locator("td.data details summary").first.click()
     assert "response.output_text.delta" in await row.inner_text()

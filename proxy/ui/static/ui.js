@@ -97,15 +97,19 @@
       const svg = item.node.querySelector("svg");
       const marks = svg.querySelector(".marks");
       const list = item.node.querySelector(".live-events");
-      for (const ev of d.events) {
+      for (const mark of d.marks) {  // the new events, 50 ms to a mark
         const rect = document.createElementNS(NS, "rect");
-        const h = Math.min(60, 8 + Math.sqrt(ev.size));
+        const h = Math.min(60, 8 + Math.sqrt(mark.size));
         rect.setAttribute("class", "mark");
-        rect.setAttribute("x", ev.t);
+        rect.setAttribute("x", mark.t);
         rect.setAttribute("y", 64 - h);
         rect.setAttribute("height", h);
+        rect.appendChild(document.createElementNS(NS, "title")).textContent =
+          mark.events + " event(s), " + mark.size + " bytes";
         marks.appendChild(rect);
-        item.max = Math.max(item.max, ev.t * 1.1);
+        item.max = Math.max(item.max, (mark.t + 50) * 1.1);
+      }
+      for (const ev of d.latest) {  // the latest few, as text
         const li = document.createElement("li");
         li.value = ev.n;
         li.textContent = ev.t.toFixed(1) + " ms " + (ev.name ? ev.name + " " : "") + ev.data;
@@ -113,8 +117,9 @@
         if (list.children.length > 200) list.firstElementChild.remove();
       }
       svg.setAttribute("viewBox", "0 -4 " + item.max + " 70");
-      for (const rect of marks.children) rect.setAttribute("width", item.max / 500);
-      item.node.querySelector(".axis-label").textContent = "0 to " + Math.round(item.max) + " ms";
+      for (const rect of marks.children) rect.setAttribute("width", Math.max(item.max / 500, 50));
+      item.node.querySelector(".axis-label").textContent =
+        d.total + " events · 0 to " + Math.round(item.max) + " ms";
       list.scrollTop = list.scrollHeight;
     });
     feed.addEventListener("end", (e) => {
