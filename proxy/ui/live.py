@@ -21,7 +21,7 @@ from proxy.serve.admin import UI_PREFIX
 from proxy.ui import reads, render, templating
 from proxy.ui.context import UI
 
-POLL_S = 0.2
+POLL_S = 0.5
 """How often the feed looks for new recordings and events."""
 BACKLOG = 10
 """Recordings already in the store that a new page is shown first."""
@@ -59,8 +59,9 @@ async def feed(request: web.Request) -> web.StreamResponse:
                 while len(followed) > FOLLOWED:
                     followed.pop(next(iter(followed)))
             states = await reads.outcomes(ui.reader, list(followed))
+            gains = await reads.progress(ui.reader, followed)
             for interaction_id in list(followed):
-                gained = await reads.progress(ui.reader, interaction_id, followed[interaction_id])
+                gained = gains.get(interaction_id)
                 if gained is not None:
                     followed[interaction_id] = gained.last_seq
                     out.append(_send("events", _progress(interaction_id, gained)))

@@ -7,11 +7,11 @@ the recording or the cassette.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, and_, cast, func, select
+from sqlalchemy import Integer, and_, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Subquery
 
@@ -338,37 +338,54 @@ LIVE_SLOT_MS = 50.0
 LIVE_LATEST = 10
 
 
-async def progress(engine: AsyncEngine, interaction_id: int, after_seq: int) -> Progress | None:
-    """The events after `after_seq` as the live page draws them (None if there are none):
-    two small queries whose answers do not grow with the stream."""
-    newer = (Event.interaction_id == interaction_id, Event.seq > after_seq)
+async def progress(engine: AsyncEngine, after: dict[int, int]) -> dict[int, Progress]:
+    """For each interaction id in `after`, the events after that seq as the live page draws
+    them (absent: none yet): two small queries for all of them, whose answers do not grow
+    with the streams."""
+    if not after:
+        return {}
+    newer = or_(*(and_(Event.interaction_id == i, Event.seq > seq) for i, seq in after.items()))
+    rank = func.row_number().over(partition_by=Event.interaction_id, order_by=Event.seq.desc())
+    ranked = (
+        select(
+            Event.interaction_id,
+            Event.seq,
+            Event.t_ms,
+            func.length(Event.data).label("size"),
+            func.substr(Event.data, 1, 200).label("head"),
+            rank.label("rank"),
+        )
+        .where(newer)
+        .subquery()
+    )
+    slot = cast(Event.t_ms / LIVE_SLOT_MS, Integer)
     async with engine.connect() as conn:
         latest = (
             await conn.execute(
-                select(
-                    Event.seq, Event.t_ms, func.length(Event.data), func.substr(Event.data, 1, 200)
-                )
-                .where(*newer)
-                .order_by(Event.seq.desc())
-                .limit(LIVE_LATEST)
+                select(ranked.c.interaction_id, ranked.c.seq, ranked.c.t_ms, ranked.c.size,
+                       ranked.c.head)
+                .where(ranked.c.rank <= LIVE_LATEST)
+                .order_by(ranked.c.interaction_id, ranked.c.seq)
             )
-        ).all()
+        ).all()  # fmt: skip
         if not latest:
-            return None
-        slot = cast(Event.t_ms / LIVE_SLOT_MS, Integer)
+            return {}
         marks = (
             await conn.execute(
-                select(slot, func.count(), func.sum(func.length(Event.data)))
-                .where(*newer)
-                .group_by(slot)
-                .order_by(slot)
+                select(Event.interaction_id, slot, func.count(), func.sum(func.length(Event.data)))
+                .where(newer)
+                .group_by(Event.interaction_id, slot)
+                .order_by(Event.interaction_id, slot)
             )
         ).all()
-    return Progress(
-        last_seq=latest[0][0],
-        marks=[(r[0] * LIVE_SLOT_MS, r[1], int(r[2] or 0)) for r in marks],
-        latest=[(r[0], r[1], int(r[2]), bytes(r[3])) for r in reversed(latest)],
-    )
+    found: dict[int, Progress] = {}
+    for r in latest:
+        p = found.setdefault(r[0], Progress(-1, [], []))
+        p.latest.append((r[1], r[2], int(r[3]), bytes(r[4])))
+    for r in marks:
+        if r[0] in found:
+            found[r[0]].marks.append((r[1] * LIVE_SLOT_MS, r[2], int(r[3] or 0)))
+    return {i: replace(p, last_seq=p.latest[-1][0]) for i, p in found.items()}
 
 
 async def latest_id(engine: AsyncEngine) -> int:

@@ -5,7 +5,7 @@ LLM summary), misses and compare. Each page is one GET whose URL says everything
 from __future__ import annotations
 
 import asyncio
-import json
+import tempfile
 from typing import Any
 from urllib.parse import quote
 
@@ -272,8 +272,6 @@ async def download(request: web.Request) -> web.StreamResponse:
     """The cassette file, as `rrproxy export` writes it (spooled to a temporary file, never
     held whole in memory). Key-like strings stop it with the scan's findings, unless
     `?allow_secrets=1`."""
-    import tempfile
-
     ui = request.app[UI]
     name = request.match_info["name"]
     allow = request.query.get("allow_secrets") == "1"
@@ -421,7 +419,3 @@ def _side(event: tuple[float, bytes] | None) -> dict[str, Any] | None:
         return None
     name, data = render.sse_parts(event[1])
     return {"t": event[0], "name": name, "data": data or render.escaped(event[1])}
-
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
