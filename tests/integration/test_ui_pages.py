@@ -166,6 +166,30 @@ async def test_the_download_is_the_cassette_file(
     assert ">clean<" in listing  # the download's scan, shown in the list
 
 
+async def test_the_secret_scan_and_a_download_that_would_leak_a_key(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(await start_upstream(Upstream().app()))
+    await record(proxy, "clean-one")
+    await record(proxy, "leaky", input=f"my key is {KEY}")  # a key in the body: not redacted
+    await flush(proxy)
+    assert ">clean<" not in await page(proxy, UI + "/cassettes/clean-one")
+    scanned = await page(proxy, UI + "/cassettes/clean-one/scan")  # redirected to the page
+    assert ">clean<" in scanned
+    found = await page(proxy, UI + "/cassettes/leaky/scan")
+    assert "1 key-like string(s) found" in found
+    refused = await page(proxy, UI + "/cassettes/leaky/download", status=409)
+    assert "key-like" in refused and "allow_secrets=1" in refused
+    async with aiohttp.ClientSession() as client:
+        async with client.get(
+            proxy.make_url(UI + "/cassettes/leaky/download?allow_secrets=1")
+        ) as r:
+            assert r.status == 200 and KEY.encode() in await r.read()
+    listing = await page(proxy, UI + "/")
+    assert ">clean<" in listing and "key-like strings found" in listing
+    await page(proxy, UI + "/cassettes/nothing/download", status=404)
+
+
 async def test_nothing_under_the_ui_is_forwarded_or_recorded(
     start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
 ) -> None:
