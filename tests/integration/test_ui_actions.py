@@ -97,6 +97,18 @@ async def test_deleting_an_interaction_leaves_the_others(
     assert re.findall(r'class="interaction" href="[^"]+">(\d+)<', listing) == ["1", "2"]
     status, _ = await post(proxy, "delete-interaction", {"X-Rrproxy-Csrf": token}, json={"id": "x"})
     assert status == 400
+    for bad in (b"{not json", b"[1]"):
+        status, text = await post(
+            proxy,
+            "delete-interaction",
+            {"X-Rrproxy-Csrf": token, "Content-Type": "application/json"},
+            data=bad,
+        )
+        assert status == 400 and "JSON object" in text
+    status, _ = await post(
+        proxy, "delete-interaction", {"X-Rrproxy-Csrf": token}, json={"id": 10**6}
+    )
+    assert status == 404
 
 
 async def test_the_mode_and_the_active_cassette_switch_and_a_new_run_starts(

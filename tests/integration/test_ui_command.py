@@ -90,6 +90,12 @@ async def test_browsing_a_cassette_directory_read_only(tmp_path: Path) -> None:
                 headers={"X-Rrproxy-Csrf": csrf(text)},
             ) as r:
                 assert r.status == 403 and "read-only" in await r.text()
+            async with client.post(
+                base + UI + "/actions/mode",
+                json={"mode": "replay"},
+                headers={"X-Rrproxy-Csrf": csrf(text)},
+            ) as r:
+                assert r.status == 400 and "runs no proxy" in await r.text()
     assert (files / "hello-world.cassette.jsonl").is_file()
 
 
