@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy.config import Settings
 from proxy.serve.state import RunState, Services
+from proxy.ui.llm import Summary
 from proxy.ui.misses import Misses
 
 
@@ -31,6 +32,8 @@ class Ui:
     """Secret-scan status by cassette, with the (interactions, events) it was taken at."""
     timelines: OrderedDict[int, dict[str, Any]] = field(default_factory=OrderedDict)
     """Timelines drawn of finished recordings, by interaction id (the latest few)."""
+    summaries: OrderedDict[int, Summary] = field(default_factory=OrderedDict)
+    """LLM summaries of finished recordings, likewise (each holds at most 256 KiB of text)."""
 
     @property
     def serving(self) -> bool:

@@ -261,10 +261,19 @@ async def summary(request: web.Request) -> web.Response:
         interaction_id = int(request.match_info["id"])
     except ValueError:
         return page_not_found(request, "an interaction's id is a number")
-    s = Summary()
-    async for page in queries.event_pages(ui.reader, interaction_id, page=1024):
-        for _, data in page:
-            s.feed(render.sse_parts(data)[1])
+    s = ui.summaries.get(interaction_id)
+    if s is None:
+        state = (await reads.outcomes(ui.reader, [interaction_id])).get(interaction_id)
+        s = Summary()
+        async for page in queries.event_pages(ui.reader, interaction_id, page=1024):
+            for _, data in page:
+                s.feed(render.sse_parts(data)[1])
+        if state is not None and state[0] != Outcome.RECORDING.value:  # final: keep it
+            ui.summaries[interaction_id] = s
+            while len(ui.summaries) > CACHED_TIMELINES:
+                ui.summaries.popitem(last=False)
+    else:
+        ui.summaries.move_to_end(interaction_id)
     return templating.page("summary.html", request, {"s": s})
 
 
