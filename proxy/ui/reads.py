@@ -41,6 +41,7 @@ class Row:
     duration_ms: float | None
     outcome: Outcome
     recorded_at: datetime | None
+    first_event_ms: float | None = None  # on the cassette page: when its first event came
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,17 @@ async def interaction_rows(
                 .offset(max(page, 0) * per_page)
             )
         ).all()
-    return total, [_row(r) for r in rows]
+        ids = [r.id for r in rows]
+        first = dict(
+            (
+                await conn.execute(
+                    select(Event.interaction_id, Event.t_ms).where(
+                        Event.interaction_id.in_(ids), Event.seq == 0
+                    )
+                )
+            ).all()
+        )
+    return total, [replace(_row(r), first_event_ms=first.get(r.id)) for r in rows]
 
 
 async def head(engine: AsyncEngine, interaction_id: int) -> Head | None:
