@@ -333,8 +333,9 @@ async def misses(request: web.Request) -> web.Response:
     """This run's replay misses, each with the closest recording and how it differs."""
     ui = request.app[UI]
     shown = []
-    for k, m in enumerate(ui.misses.latest()[:50]):  # the closest for the latest 10 only:
-        closest = await _closest(ui, m.cassette, m.request) if k < 10 else None  # each is bounded
+    # The closest recording is looked up (a bounded search each) for the latest 10 only.
+    for k, m in enumerate(ui.misses.latest()[:50]):
+        closest = await _closest(ui, m.cassette, m.request) if k < 10 else None
         shown.append({"m": m, "closest": closest})
     return templating.page(
         "misses.html",
