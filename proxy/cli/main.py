@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         *shared,
     )
     _flag(ui, "--writable", text="allow deletes from the UI (read-only otherwise)")
+    _flag(ui, "--allow-remote", text="listen beyond loopback (--host 0.0.0.0)")
 
     db = commands.add_parser("db", help="manage the store")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.cli.store import check_location
 from proxy.config import Settings
+from proxy.core.hosts import is_loopback
 from proxy.errors import ConfigError
 from proxy.serve.admin import UI_PREFIX
 from proxy.ui.app import create_ui_app
@@ -27,6 +28,11 @@ UI_PORT = 8081
 def ui_command(settings: Settings, args: argparse.Namespace) -> int:
     port = settings.port if args.port is not None else UI_PORT
     settings = replace(settings, port=port)
+    if not is_loopback(settings.host) and not settings.allow_remote:
+        raise ConfigError(
+            f"--host {settings.host} listens beyond loopback: anyone who can reach it could "
+            "read your recordings; pass --allow-remote if you mean it"
+        )
     directory = Path(settings.cassette_dir) if settings.cassette_dir else None
     if directory is not None and args.db is not None:
         raise ConfigError(

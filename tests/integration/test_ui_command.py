@@ -126,3 +126,5 @@ def test_a_missing_store_or_both_sources_are_refused(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not both" in done.stderr
     done = run_cli("ui", "--cassette-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert done.returncode == 2 and "no such directory" in done.stderr
+    done = run_cli("ui", "--host", "0.0.0.0", "--cassette-dir", str(EXAMPLES), cwd=tmp_path)
+    assert done.returncode == 2 and "--allow-remote" in done.stderr
