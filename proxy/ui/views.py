@@ -114,7 +114,7 @@ async def cassette(request: web.Request) -> web.Response:
             "pages": max((total + reads.PAGE - 1) // reads.PAGE, 1),
             "download": cassette_url(name) + "/download",
             "scan": scan[1] if scan and scan[0] == (interactions, events) else "",
-            "active": ui.run is not None and ui.run.cassette == name,
+            "is_active": ui.run is not None and ui.run.cassette == name,
         },
     )
 

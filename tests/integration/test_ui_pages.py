@@ -66,6 +66,7 @@ async def test_a_cassette_lists_its_interactions_in_replay_order_with_a_filter(
     assert re.findall(r'class="interaction" href="[^"]+">(\d+)<', only) == ["4"]  # its ordinal
     assert re.findall(r'class="interaction"', await page(proxy, UI + "/cassettes/flow?status=200"))
     assert "No interaction matches" in await page(proxy, UI + "/cassettes/flow?status=500")
+    assert 'id="cassette-input" value="default"' in text  # the run's, not this page's
     await page(proxy, UI + "/cassettes/no-such-one", status=404)
 
 
