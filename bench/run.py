@@ -67,10 +67,34 @@ async def started(
         yield Target(name, server.url, server.pid)
 
 
-async def run_loads(target: Target, sizes: Sizes, deadline: float) -> dict[str, Figures]:
+async def watch_live(url: str) -> None:
+    """`--ui-live`: the web UI's live page open on the proxy for the whole run (its SSE feed
+    read and thrown away), as a developer watching the recordings would have it."""
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        async with session.get(url + "/_rrproxy/ui/live/feed") as feed:
+            async for _ in feed.content.iter_any():
+                pass
+
+
+async def run_loads(
+    target: Target, sizes: Sizes, deadline: float, ui_live: bool = False
+) -> dict[str, Figures]:
     """Every load against one running target; a failing load is recorded, not fatal."""
     cassette = CASSETTE if target.name == "record" else None
     results: dict[str, Figures] = {}
+    live = None
+    if ui_live and target.name in ("passthrough", "record", "replay"):
+        live = asyncio.create_task(watch_live(target.url), name="bench-ui-live")
+    try:
+        return await _loads(target, sizes, deadline, cassette, results)
+    finally:
+        if live is not None:
+            live.cancel()
+
+
+async def _loads(
+    target: Target, sizes: Sizes, deadline: float, cassette: str | None, results: dict[str, Figures]
+) -> dict[str, Figures]:
     async with aiohttp.ClientSession(trust_env=False, timeout=REQUEST_TIMEOUT) as session:
         steps: dict[str, Callable[[], Awaitable[Figures]]] = {
             "latency": partial(loads.latency, session, target.url, sizes),
@@ -121,7 +145,12 @@ async def fresh_database(url: str, suffix: str) -> AsyncIterator[str]:
 
 
 async def run(
-    targets: Sequence[str], sizes: Sizes, repeat: int, db: str | None = None, workers: int = 1
+    targets: Sequence[str],
+    sizes: Sizes,
+    repeat: int,
+    db: str | None = None,
+    workers: int = 1,
+    ui_live: bool = False,
 ) -> report.Runs:
     runs: report.Runs = {name: [] for name in targets}
     # replay serves what record stored in the same repeat: record even when not reported.
@@ -145,7 +174,7 @@ async def run(
                         )
                         try:
                             async with started(name, up.url, workdir, store, workers) as target:
-                                result = await run_loads(target, sizes, deadline)
+                                result = await run_loads(target, sizes, deadline, ui_live)
                         except (procs.BenchError, OSError) as exc:
                             error = f"{type(exc).__name__}: {exc}"
                             result = {
@@ -178,6 +207,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="rrproxy serve --workers N (default 1)"
     )
+    parser.add_argument(
+        "--ui-live",
+        action="store_true",
+        help="keep the web UI's live page open on each rrproxy target (its SSE feed)",
+    )
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
@@ -197,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = loads.QUICK if args.quick else loads.FULL
     targets = [t for t in TARGETS if t in args.targets]
     try:
-        runs = asyncio.run(run(targets, sizes, args.repeat, args.db, args.workers))
+        runs = asyncio.run(run(targets, sizes, args.repeat, args.db, args.workers, args.ui_live))
     except KeyboardInterrupt:
         _say("interrupted: servers stopped, nothing written")
         return 130
@@ -211,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "store": "postgresql" if args.db else "sqlite",
         "workers": args.workers,
+        "ui_live": args.ui_live,
         "ratios": "cost relative to the reference, >1 is worse (throughputs inverted)",
     }
     summary = report.summarize(runs, meta)

@@ -102,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
         text="listen beyond loopback (--host 0.0.0.0); forwarding then needs allow_hosts",
     )
 
+    ui = command(
+        "ui",
+        "proxy.cli.ui:ui_command",
+        "browse a store or a directory of cassette files in the web UI (no proxying)",
+        *shared,
+    )
+    _flag(ui, "--writable", text="allow deletes from the UI (read-only otherwise)")
+    _flag(ui, "--allow-remote", text="listen beyond loopback (--host 0.0.0.0)")
+
     db = commands.add_parser("db", help="manage the store")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser(

@@ -35,6 +35,8 @@ from proxy.serve.state import RUN, SERVICES, SETTINGS
 from proxy.store import queries
 
 PREFIX = "/_rrproxy"
+UI_PREFIX = PREFIX + "/ui"
+"""The web UI (`proxy.ui`): guarded here like the endpoints, answered by its own routes."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,7 +48,7 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "version": __version__,
-            "mode": settings.mode.value,
+            "mode": (request.app[RUN].mode or settings.mode).value,
             "cassette": request.app[RUN].cassette,
             "upstream": settings.upstream,
             "store": "failing" if recorder.failing else "ok",
@@ -184,6 +186,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if path != PREFIX and not path.startswith(PREFIX + "/"):
         return await handler(request)
     _check_host(request)
+    if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        if request.method not in _READ_ONLY:
+            _check_state_change(request)
+        return await handler(request)  # the UI's routes (its own 404 included)
     methods = ENDPOINTS.get(path[len(PREFIX) :])
     if methods is None:
         known = ", ".join(PREFIX + p for p in ENDPOINTS)
@@ -197,6 +203,14 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method not in _READ_ONLY:
         _check_state_change(request)
     return await endpoint(request)
+
+
+def check_request(request: web.Request) -> None:
+    """The guard's checks on its own, for a server that is not the proxy (`rrproxy ui`):
+    the Host, and for a state change its Content-Type and Origin."""
+    _check_host(request)
+    if request.method not in _READ_ONLY:
+        _check_state_change(request)
 
 
 def _check_host(request: web.Request) -> None:

@@ -37,6 +37,7 @@ from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
 from proxy.serve.upstream import client_session, upstream_ssl_context
 from proxy.store import changes, instances, migrate
 from proxy.store.engine import open_store
+from proxy.ui import app as ui
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,9 @@ def create_app(settings: Settings) -> web.Application:
         await websocket.stop_sessions(app[RUN])  # before the wait for running handlers
 
     app.on_shutdown.append(stop_websockets)
+    proxied = ui.setup(app, proxy_handler)  # the UI's routes; it notes the replay misses
     # HTTP_PROXY/HTTPS_PROXY: absolute form and CONNECT, through the same pipeline
-    connect.setup(app, settings, proxy_handler, error_response)
+    connect.setup(app, settings, proxied, error_response)
     admin.setup(app)  # /_rrproxy/*, never forwarded: after the forward proxy's middleware
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.router.add_route("*", "/{tail:.*}", proxied)
     return app

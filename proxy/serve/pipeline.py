@@ -48,7 +48,8 @@ class Control:
 def control(request: web.Request, settings: Settings, state: RunState) -> Control:
     h = request.headers
     try:
-        default = Mode.REPLAY if settings.read_only else settings.mode  # never writes
+        # never writes when read-only; else the UI may have switched the mode
+        default = Mode.REPLAY if settings.read_only else state.mode or settings.mode
         mode = Mode(h["Rrproxy-Mode"].strip().lower()) if "Rrproxy-Mode" in h else default
         # The active cassette was checked when it was set.
         cassette = (

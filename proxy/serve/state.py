@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.config import Settings
+from proxy.config import Mode, Settings
 from proxy.core.redact import Redactor
 from proxy.serve.index import Index
 from proxy.serve.recorder import Recorder
@@ -33,10 +33,12 @@ class Services:
 
 @dataclass
 class RunState:
-    """The active cassette, for requests that name none (changed through the admin API), and
-    what the current run has done."""
+    """The active cassette, for requests that name none (changed through the admin API), the
+    mode when the UI has switched it (None: the configured one), and what the current run
+    has done."""
 
     cassette: str
+    mode: Mode | None = None
     report: RunReport = field(default_factory=RunReport)
     miss_listeners: list[Callable[[str], None]] = field(default_factory=list)
     """Called with the message of each replay miss that happens after a response has begun

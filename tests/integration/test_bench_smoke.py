@@ -54,3 +54,17 @@ def test_quick_bench_verifies_every_target_and_load(tmp_path: Path) -> None:
             assert all(run["verified"] is True for run in result["runs"]), (target, load)
     for run in summary["results"]["record"]["concurrency"]["runs"]:
         assert run["recorded_ok"] is True  # the store holds every event (/_rrproxy/cassettes)
+
+
+@pytest.mark.timeout(120)
+def test_the_ui_bench_serves_every_page(tmp_path: Path) -> None:
+    """`python -m bench.ui` on a small store: every page answers 200 (it fails otherwise)."""
+    json_out = tmp_path / "ui.json"
+    argv = [sys.executable, "-m", "bench.ui", "--events", "3000", "--interactions", "250"]
+    argv += ["--repeat", "1", "--json-out", str(json_out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=100, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(json_out.read_text())["figures"]
+    for page in ("interaction, first screen", "interaction, timeline", "cassette, last page"):
+        assert figures[page]["KiB"] > 1, page
+    assert figures["ui RSS peak (MiB)"] >= figures["ui RSS before (MiB)"] > 0

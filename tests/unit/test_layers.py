@@ -37,6 +37,30 @@ CONTRACT: Mapping[str, frozenset[str]] = {
             "proxy.errors",
         }
     ),
+    # The web UI reads the store and the running proxy's state; `serve.app` wires it in.
+    "proxy.ui": frozenset(
+        {
+            "proxy.core",
+            "proxy.store",
+            "proxy.cassettes",
+            "proxy.serve",
+            "proxy.config",
+            "proxy.errors",
+        }
+    ),
+    # The app itself sits above the UI it serves (the rest of `serve` sits below it).
+    "proxy.serve.app": frozenset(
+        {
+            "proxy.core",
+            "proxy.store",
+            "proxy.cassettes",
+            "proxy.forward_proxy",
+            "proxy.serve",
+            "proxy.ui",
+            "proxy.config",
+            "proxy.errors",
+        }
+    ),
     "proxy.cli": ANYTHING,
     "proxy.pytest_plugin": ANYTHING,
     "proxy.__main__": frozenset({"proxy.cli"}),

@@ -1,0 +1,1 @@
+"""The web UI at `/_rrproxy/ui/`: imports every layer below `serve.app`, which wires it in."""
