@@ -1,8 +1,8 @@
-"""The portable cassette file (`NAME.cassette.jsonl`): records ↔ lines, version 1.
+"""The portable cassette file (`NAME.cassette.jsonl`): records ↔ lines, version 2.
 
 UTF-8 JSON Lines, one object a line, "\\n" after each:
 
-    {"format": "rrproxy-cassette", "version": 1, "name": "hello-world", "interactions": 1}
+    {"format": "rrproxy-cassette", "version": 2, "name": "hello-world", "interactions": 1}
     {"request": {...}, "response": {...}, "complete": true, "outcome": "complete", ...}
     {"t": 380.5, "data": "event: response.created\\ndata: {...}\\n\\n"}
     {"t": 381.0, "b64": "..."}
@@ -16,8 +16,13 @@ Python's shortest round-trip form, so writing what was read gives the same bytes
 The counts (`interactions` in the header, `events` on each interaction line) make a file
 cut at any line boundary fail to read, as a file cut inside a line does.
 
-Reading checks every line, refuses what version 1 does not know (vcrpy `serialize.py`,
+Reading checks every line, refuses what its version does not know (vcrpy `serialize.py`,
 mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
+
+Version 2 adds one optional field to the interaction line, `"untimed": true`: the
+interaction was imported without event timing (vcrpy, a browser's HAR) and replays at
+`untimed_pace`. It is written only when true, so every other line is as version 1 wrote
+it; version 1 files are still read (their interactions are timed).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ from proxy.core.records import (
 )
 
 FORMAT = "rrproxy-cassette"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
+"""The versions this rrproxy reads (it writes `VERSION`)."""
 SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -66,6 +73,8 @@ class Recorded:
     ttfb_ms: float
     duration_ms: float | None
     events: tuple[Event, ...]
+    untimed: bool = False
+    """Imported without event timing: the body is one event; replayed at `untimed_pace`."""
 
     @property
     def complete(self) -> bool:
@@ -77,6 +86,7 @@ class Recorded:
 class Header:
     name: str
     interactions: int
+    version: int = VERSION
 
 
 def file_name(cassette: str) -> str:
@@ -98,6 +108,7 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
         "headers": [[n, v] for n, v in rec.request.headers],
     }
     request.update(_bytes_field("body", "body_b64", rec.request.body))
+    untimed = {"untimed": True} if rec.untimed else {}
     yield _line(
         {
             "request": request,
@@ -111,6 +122,7 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
             "recorded_at": format_time(rec.recorded_at),
             "ttfb_ms": rec.ttfb_ms,
             "duration_ms": rec.duration_ms,
+            **untimed,
             "events": len(rec.events),
         }
     )
@@ -156,7 +168,12 @@ def read(
 ) -> Iterator[Header | Recorded]:
     """The header, then each interaction with its events; raises `CassetteFileError` at the
     first wrong line (an interaction is yielded only once all its events are read)."""
-    lines = Lines(stream, source, max_line, f"this rrproxy reads cassette format version {VERSION}")
+    lines = Lines(
+        stream,
+        source,
+        max_line,
+        f"this rrproxy reads cassette format versions {READS[0]} to {VERSION}",
+    )
     first = lines.next()
     if first is None:
         raise lines.error("the file is empty; a cassette starts with a header line", line=1)
@@ -174,7 +191,7 @@ def read(
                 f"the header (line 1) announces {header.interactions} interaction(s); "
                 "this line starts one more"
             )
-        head, expected = _interaction(obj, lines)
+        head, expected = _interaction(obj, lines, header.version)
         events: list[Event] = []
         while len(events) < expected:
             text = lines.next()
@@ -214,8 +231,9 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
             "upgrade rrproxy"
         )
     f = Fields(obj, "header: ", lines, ("format", "version", "name", "interactions"))
-    if f.get("version", int) != VERSION:
-        raise f.fail("version", f"must be {VERSION}")
+    version = f.get("version", int)
+    if version not in READS:
+        raise f.fail("version", f"must be one of {', '.join(map(str, READS))}")
     try:
         name = check_cassette_name(f.get("name", str))
     except ValueError as exc:
@@ -223,12 +241,12 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     interactions = f.get("interactions", int)
     if interactions < 0:
         raise f.fail("interactions", "must be 0 or more")
-    return Header(name, interactions)
+    return Header(name, interactions, version)
 
 
-def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
+def _interaction(obj: dict[str, Any], lines: Lines, version: int) -> tuple[Recorded, int]:
     """The interaction without its events yet, and how many events follow."""
-    known = (
+    known: tuple[str, ...] = (
         "request",
         "response",
         "complete",
@@ -239,6 +257,10 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         "duration_ms",
         "events",
     )
+    if version >= 2:
+        known += ("untimed",)
+    elif "untimed" in obj:
+        raise lines.error("'untimed' is a field of format version 2; the header says version 1")
     f = Fields(obj, "", lines, known)
     request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
     events = f.get("events", int)
@@ -264,6 +286,7 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int]:
         ttfb_ms=ttfb_ms,
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
+        untimed=f.get("untimed", bool, optional=True) or False,
     )
     return head, events
 

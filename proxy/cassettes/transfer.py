@@ -78,6 +78,7 @@ async def _recorded(
                 ttfb_ms=head.ttfb_ms,
                 duration_ms=head.duration_ms,
                 events=tuple(await queries.events(conn, head.id)),
+                untimed=head.untimed,
             )
 
     return len(heads), each()
@@ -367,6 +368,7 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             duration_ms=rec.duration_ms,
             event_count=len(rec.events),
             body_size=sum(len(e.data) for e in rec.events),
+            untimed=rec.untimed,
         )
         .returning(Interaction.id)
     )

@@ -26,7 +26,7 @@ from proxy.errors import BadRequest, ReplayMiss, RequestTimeout
 from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.entry import Entry
 from proxy.serve.relay import Tee, relay
-from proxy.serve.replay import replay
+from proxy.serve.replay import pace_for, replay
 from proxy.serve.routing import upstream_url
 from proxy.serve.state import RunState, Services
 from proxy.serve.upstream import response_head, send
@@ -39,6 +39,7 @@ class Control:
     mode: Mode
     cassette: str
     pace: Pace
+    untimed_pace: Pace
 
 
 def control(request: web.Request, settings: Settings, state: RunState) -> Control:
@@ -52,10 +53,12 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
             else state.cassette
         )
         pace = parse_pace(h["Rrproxy-Pace"]) if "Rrproxy-Pace" in h else settings.pace
+        untimed = h.get("Rrproxy-Untimed-Pace")
+        untimed_pace = settings.untimed_pace if untimed is None else parse_pace(untimed)
     except ValueError as exc:
         modes = ", ".join(m.value for m in Mode)
         raise BadRequest(f"bad rrproxy control header ({exc}; modes: {modes})") from None
-    return Control(mode, cassette, pace)
+    return Control(mode, cassette, pace, untimed_pace)
 
 
 async def upstream_request(request: web.Request, settings: Settings) -> Request:
@@ -118,8 +121,9 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
 
 async def _replay(call: _Call, entry: Entry) -> web.StreamResponse:
     ctl = call.ctl
+    pace = pace_for(entry, ctl.pace, ctl.untimed_pace)
     response, events = await replay(
-        call.request, ctl.cassette, entry, call.services.bodies, ctl.pace, call.t0
+        call.request, ctl.cassette, entry, call.services.bodies, pace, call.t0
     )
     _log(ctl, call.stored, response.status, "replayed", events, call.t0)
     return response

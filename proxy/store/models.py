@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,6 +74,9 @@ class Interaction(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     body_size: Mapped[int] = mapped_column(Integer, default=0)
+    untimed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Imported without event timing (vcrpy, a browser's HAR): the body is one event, and
+    replay sends it at `untimed_pace` (instant unless told otherwise), whatever the pace."""
 
 
 class Event(Base):

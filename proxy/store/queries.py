@@ -38,6 +38,7 @@ class CassetteInfo:
     size: int  # bytes of request and response bodies
     last_recorded: datetime | None
     incomplete: int
+    untimed: int = 0  # interactions imported without event timing
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class StoredInteraction:
     duration_ms: float | None
     events: int  # how many
     size: int  # bytes of the response body
+    untimed: bool = False  # imported without event timing (replayed at `untimed_pace`)
 
     @property
     def complete(self) -> bool:
@@ -81,6 +83,7 @@ async def summaries(source: Source) -> list[CassetteInfo]:
             ),
             func.max(Interaction.started_at),
             func.count(Interaction.id).filter(Interaction.outcome.in_(_UNFINISHED)),
+            func.count(Interaction.id).filter(Interaction.untimed),
         )
         .outerjoin(Interaction)
         .group_by(Cassette.id)
@@ -88,7 +91,7 @@ async def summaries(source: Source) -> list[CassetteInfo]:
     )
     async with connected(source) as conn:
         rows = (await conn.execute(stmt)).all()
-    return [CassetteInfo(r[0], r[1], int(r[2]), int(r[3]), utc(r[4]), r[5]) for r in rows]
+    return [CassetteInfo(r[0], r[1], int(r[2]), int(r[3]), utc(r[4]), r[5], r[6]) for r in rows]
 
 
 async def cassette_id(source: Source, name: str) -> int | None:
@@ -127,6 +130,7 @@ async def interactions(
             Interaction.duration_ms,
             Interaction.event_count,
             Interaction.body_size,
+            Interaction.untimed,
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
@@ -151,6 +155,7 @@ async def interactions(
             duration_ms=r.duration_ms,
             events=r.event_count,
             size=r.body_size,
+            untimed=bool(r.untimed),
         )
         for number, r in enumerate(rows, 1)
     ]
@@ -238,6 +243,7 @@ class StoredHead:
     outcome: Outcome
     body_size: int
     ttfb_ms: float
+    untimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             Interaction.outcome,
             Interaction.body_size,
             Interaction.ttfb_ms,
+            Interaction.untimed,
         )
         .join(Cassette)
         .where(Cassette.name == cassette, Interaction.id.in_(ids))
@@ -311,6 +318,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             outcome=Outcome(r.outcome),
             body_size=r.body_size,
             ttfb_ms=r.ttfb_ms,
+            untimed=bool(r.untimed),
         )
         for r in rows
     ]

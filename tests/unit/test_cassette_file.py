@@ -74,15 +74,20 @@ def test_write_read_write_is_byte_identical(interactions: list[Recorded]) -> Non
 
 
 def test_the_example_round_trips() -> None:
+    """The example is a version 1 file: read as it is, written again as version 2 with every
+    line but the header's version byte for byte the same."""
     data = EXAMPLE.read_bytes()
+    assert data.startswith(b'{"format": "rrproxy-cassette", "version": 1,')
     header, back = cassette_file.loads(data)
-    assert cassette_file.dump(header.name, back) == data
+    assert header.version == 1
+    version_2 = data.replace(b'"version": 1', b'"version": 2', 1)
+    assert cassette_file.dump(header.name, back) == version_2
 
 
 def test_lines_are_readable_text() -> None:
     lines = cassette_file.dump("c", [recorded()]).decode("utf-8").split("\n")
     assert lines[0] == (
-        '{"format": "rrproxy-cassette", "version": 1, "name": "c", "interactions": 1}'
+        '{"format": "rrproxy-cassette", "version": 2, "name": "c", "interactions": 1}'
     )
     head = json.loads(lines[1])
     assert head["request"]["body"] == '{"model":"gpt-4o","input":"hi","stream":true}'
@@ -131,7 +136,13 @@ BAD: dict[str, tuple[list[str], int, str]] = {
     "not json": ([HEADER, "{oops", EV1, EV2], 2, "not valid JSON"),
     "not an object": ([HEADER, "[1, 2]", EV1, EV2], 2, "expected a JSON object"),
     "not a cassette": (['{"hello": 1}'], 1, "not an rrproxy cassette"),
-    "newer version": ([_with(HEADER, version=2), HEAD, EV1, EV2], 1, "version 2 is newer"),
+    "newer version": ([_with(HEADER, version=3), HEAD, EV1, EV2], 1, "version 3 is newer"),
+    "untimed in version 1": (
+        [_with(HEADER, version=1), _with(HEAD, untimed=True), EV1, EV2],
+        2,
+        "'untimed' is a field of format version 2",
+    ),
+    "untimed not a flag": ([HEADER, _with(HEAD, untimed="yes"), EV1, EV2], 2, "'untimed' must be"),
     "bad version": ([_with(HEADER, version="1"), HEAD, EV1, EV2], 1, "'version' must be"),
     "traversal name": ([_with(HEADER, name="../etc"), HEAD, EV1, EV2], 1, "not a valid cassette"),
     "separator name": ([_with(HEADER, name="a/b"), HEAD, EV1, EV2], 1, "not a valid cassette"),
