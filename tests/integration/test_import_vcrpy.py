@@ -45,9 +45,14 @@ def upstream_app() -> web.Application:
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         return web.Response(body=GZIPPED, headers=headers)
 
+    async def session(_: web.Request) -> web.Response:
+        headers = {"Set-Cookie": "session=s3cr3t-cookie-value; HttpOnly"}
+        return web.json_response({"ok": True}, headers=headers)
+
     app = web.Application()
     app.router.add_post("/v1/chat", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/session", session)
     return app
 
 
@@ -189,6 +194,34 @@ async def test_vcrpy_cassettes_are_marked_untimed_and_replay_at_recorded_pace(
     await replay_all(
         start_proxy, base, db_path, "paced", stored, pace="recorded", untimed_pace="recorded"
     )
+
+
+async def test_the_summary_counts_every_value_redacted_and_none_reaches_the_store(
+    start_upstream: StartUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    """A vcrpy cassette with a key in a header, a key in the query and a cookie the server
+    set: the summary counts the three values redacted, and no byte of them is stored."""
+    upstream = await start_upstream(upstream_app())
+    base = str(upstream.make_url("")).rstrip("/")
+    cassette = tmp_path / "keys.yaml"
+    secret = "sk-test-query-0123456789abcdef"
+
+    def record() -> None:
+        with vcr.VCR(record_mode="once").use_cassette(str(cassette)):
+            url = f"{base}/v1/session?api_key={secret}&page=2"
+            assert requests.get(url, headers={"Authorization": KEY}).json() == {"ok": True}
+
+    await asyncio.to_thread(record)
+    await upstream.close()
+    assert secret.encode() in cassette.read_bytes()  # vcrpy kept them all
+
+    result = cli("import", "--from", "vcrpy", str(cassette), cwd=tmp_path, db=db_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 interaction(s), 1 events, 3 value(s) redacted" in result.stdout
+    stored = repr(rows(db_path))
+    for value in (secret, KEY.split()[1], "s3cr3t-cookie-value"):
+        assert value not in stored
+    assert "page=2" in stored  # what is not a credential is kept
 
 
 PYTEST_PROJECT = """
