@@ -152,7 +152,8 @@ def _reason(status: int) -> str:
 
 
 def _content(raw: bytes, headers: Headers) -> dict[str, Any]:
-    """The body as browsers save it: decoded, text when it is UTF-8, else base64."""
+    """The body as browsers save it: decoded, text in its charset (UTF-8 when it names
+    none) when the bytes are that text exactly, else base64."""
     mime = _header(headers, "content-type") or "application/octet-stream"
     coding = (_header(headers, "content-encoding") or "").strip().lower()
     decoded = _decoded(raw, coding)
@@ -163,9 +164,15 @@ def _content(raw: bytes, headers: Headers) -> dict[str, Any]:
         content["comment"] = f"still {coding}-encoded (rrproxy decodes gzip and deflate only)"
     elif decoded is not raw:
         content["compression"] = len(decoded) - len(raw)
+    charset = _charset(headers, None, _BROWSER)
     try:
-        content["text"] = decoded.decode("utf-8")
-    except UnicodeDecodeError:
+        text = decoded.decode(charset)
+        exact = text.encode(charset) == decoded  # not so for a BOM under utf-8-sig
+    except (LookupError, UnicodeError):
+        exact = False
+    if exact:
+        content["text"] = text
+    else:
         content["text"] = base64.b64encode(decoded).decode("ascii")
         content["encoding"] = "base64"
     return content

@@ -229,3 +229,32 @@ def test_an_untimed_interaction_keeps_its_mark_through_rrproxys_har() -> None:
     assert "untimed" not in timed["_rrproxy"]  # written only when true, as in the file
     [back], _ = har.parse(har_of(timed), source="again.har")
     assert not back.untimed
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        ("text/plain; charset=iso-8859-1", b"caf\xe9", "café"),  # in its charset, as browsers
+        ("text/event-stream", "Wörld".encode(), "Wörld"),  # no charset: UTF-8
+        ("text/plain; charset=utf-8", b"\xff\xfe", None),  # not that text: base64
+        ("text/plain; charset=no-such", b"abc", None),
+    ],
+)
+def test_export_writes_text_in_its_charset_and_another_tool_reads_it_back(
+    content_type: str, body: bytes, text: str | None
+) -> None:
+    [rec], _ = har.parse(har_of(entry()), source="x.har")
+    rec = replace(
+        rec,
+        response=replace(rec.response, headers=(("Content-Type", content_type),)),
+        events=(replace(rec.events[0], data=body),),
+    )
+    exported = har.entry(rec)
+    content = exported["response"]["content"]
+    if text is None:
+        assert content["encoding"] == "base64" and base64.b64decode(content["text"]) == body
+    else:
+        assert content["text"] == text and "encoding" not in content
+    foreign = {k: v for k, v in exported.items() if not k.startswith("_")}  # a browser's view
+    [back], _ = har.parse(har_of(foreign), source="x.har")
+    assert b"".join(e.data for e in back.events) == body
