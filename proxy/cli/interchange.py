@@ -56,8 +56,8 @@ def import_command(settings: Settings, args: argparse.Namespace) -> int:
         print(_summary(result, args.source))
     if untimed:
         print(
-            f"{untimed} interaction(s) imported without event timing ({args.source} records "
-            "none): each body is one event, replayed at untimed_pace (default instant)"
+            f"{untimed} interaction(s) without event timing: each body is one event, "
+            "replayed at untimed_pace (default instant)"
         )
     if skipped:
         print(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} skipped (see above)")

@@ -174,7 +174,7 @@ async def test_vcrpy_cassettes_are_marked_untimed_and_replay_at_recorded_pace(
 
     result = cli("import", "--from", "vcrpy", str(cassette), cwd=tmp_path, db=db_path)
     assert result.returncode == 0, result.stderr
-    assert "4 interaction(s) imported without event timing" in result.stdout
+    assert "4 interaction(s) without event timing" in result.stdout
     with closing(sqlite3.connect(db_path)) as conn:
         assert set(conn.execute("SELECT untimed FROM interactions")) == {(1,)}
     shown = cli("show", "paced", "--json", "--no-events", cwd=tmp_path, db=db_path)
