@@ -82,6 +82,7 @@ class Settings:
     db: str = "rrproxy.db"
     cassette_dir: str | None = None  # DIR/NAME.cassette.jsonl files are the cassettes
     pace: Pace = Pace()
+    untimed_pace: Pace = Pace()  # of interactions imported without event timing
     strict: bool = False
     verbose: bool = False
     max_request_body: int = 64 * 1024 * 1024
@@ -368,6 +369,7 @@ KEYS: tuple[Key, ...] = (
     Key(None, "db", _str, _set("db")),
     Key(None, "cassette_dir", _str, _set("cassette_dir")),
     Key(None, "pace", parse_pace, _set("pace")),
+    Key(None, "untimed_pace", parse_pace, _set("untimed_pace")),
     Key(None, "strict", _bool, _set("strict")),
     Key(None, "verbose", _bool, _set("verbose")),
     Key(None, "max_request_body", _bytes, _set("max_request_body")),

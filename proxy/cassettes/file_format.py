@@ -30,8 +30,13 @@ starts in its bytes and when it arrived (`proxy.core.pieces`): a replay at recor
 sends each piece at its time. Version 1 files (no `pieces`, no messages) are read as they
 are.
 
-Reading checks every line, refuses what version 2 does not know (vcrpy `serialize.py`,
+Reading checks every line, refuses what its version does not know (vcrpy `serialize.py`,
 mitmproxy `io/compat.py`) and names the line. Only `json.loads` ever sees the text.
+
+Version 2 adds one optional field to the interaction line, `"untimed": true`: the
+interaction was imported without event timing (vcrpy, a browser's HAR) and replays at
+`untimed_pace`. It is written only when true, so every other line is as version 1 wrote
+it; version 1 files are still read (their interactions are timed).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from proxy.core.records import (
 FORMAT = "rrproxy-cassette"
 VERSION = 2
 READS = (1, 2)
-"""The versions read: 1 has no `pieces` and no WebSocket messages."""
+"""The versions read (it writes `VERSION`): 1 has no `pieces`, messages or `untimed`."""
 SUFFIX = CASSETTE_FILE_SUFFIX
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -91,6 +96,9 @@ class Recorded:
     @property
     def websocket(self) -> bool:
         return self.response.status == 101
+
+    untimed: bool = False
+    """Imported without event timing: the body is one event; replayed at `untimed_pace`."""
 
     @property
     def complete(self) -> bool:
@@ -126,6 +134,7 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
         "headers": [[n, v] for n, v in rec.request.headers],
     }
     request.update(_bytes_field("body", "body_b64", rec.request.body))
+    untimed = {"untimed": True} if rec.untimed else {}
     yield _line(
         {
             "request": request,
@@ -139,6 +148,7 @@ def interaction_lines(rec: Recorded) -> Iterator[bytes]:
             "recorded_at": format_time(rec.recorded_at),
             "ttfb_ms": rec.ttfb_ms,
             "duration_ms": rec.duration_ms,
+            **untimed,
             "events": len(rec.events),
             **({"messages": len(rec.messages)} if rec.websocket else {}),
         }
@@ -226,7 +236,7 @@ def read(
                 f"the header (line 1) announces {header.interactions} interaction(s); "
                 "this line starts one more"
             )
-        head, expected, n_messages = _interaction(obj, lines)
+        head, expected, n_messages = _interaction(obj, lines, header.version)
         events: list[Event] = []
         while len(events) < expected:
             text = lines.next()
@@ -288,10 +298,10 @@ def _header(obj: dict[str, Any], lines: Lines) -> Header:
     return Header(name, interactions, version)
 
 
-def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]:
+def _interaction(obj: dict[str, Any], lines: Lines, version: int) -> tuple[Recorded, int, int]:
     """The interaction without its events yet, how many events follow, and how many
     WebSocket messages after them."""
-    known = (
+    known: tuple[str, ...] = (
         "request",
         "response",
         "complete",
@@ -303,6 +313,10 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]
         "events",
         "messages",
     )
+    if version >= 2:
+        known += ("untimed",)
+    elif "untimed" in obj:
+        raise lines.error("'untimed' is a field of format version 2; the header says version 1")
     f = Fields(obj, "", lines, known)
     request = _request(Fields(f.get("request", dict), "request: ", lines, _REQUEST_FIELDS))
     events = f.get("events", int)
@@ -335,6 +349,7 @@ def _interaction(obj: dict[str, Any], lines: Lines) -> tuple[Recorded, int, int]
         ttfb_ms=ttfb_ms,
         duration_ms=f.number("duration_ms", optional=True),
         events=(),
+        untimed=f.get("untimed", bool, optional=True) or False,
     )
     return head, events, messages or 0
 

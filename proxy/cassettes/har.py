@@ -5,22 +5,33 @@ requires, the response body decoded from gzip/deflate as browsers save it (base6
 is not text). What HAR has no field for is kept in custom fields (HAR allows names starting
 with `_`): `_rrproxy_events` (each event's `t` and `data` or `b64`, the bytes exactly as
 recorded, compressed or not) and `_rrproxy` (outcome, error, recorded_at, ttfb_ms,
-duration_ms, a request body that is not UTF-8), so that importing an rrproxy HAR gives back
-exactly the cassette that was exported.
+duration_ms, a request body that is not UTF-8, and `untimed` when the interaction was itself
+imported without event timing), so that importing an rrproxy HAR gives back exactly the
+cassette that was exported.
 
 Import reads HARs from browsers (Chrome, Firefox), Playwright's `record_har` and mitmproxy.
 Those save the body decoded and whole: `Content-Encoding` and `Content-Length` are dropped
 (they no longer describe it), and the body (a `text/event-stream` one too) becomes one event
-at the time to first byte, which is all HAR records of it (the `timings` before `receive`).
+at the time to first byte, which is all HAR records of it (the `timings` before `receive`),
+marked `untimed`: it replays at `untimed_pace`, instant unless told otherwise.
 Pseudo-headers (`:authority`) are dropped. An entry whose body was not saved, or that got no
 response (status 0), is skipped and reported.
+
+A text body is turned back into the bytes that were sent with the charset it was decoded
+with (HAR 1.2: "trans-coded from its original character set into UTF-8"): the response's
+`charset` when it names one, else UTF-8, as browsers decode. mitmproxy decodes otherwise
+(`mitmproxy.net.http.headers.infer_content_encoding`): without a charset, JSON as UTF-8 and
+anything else (an SSE stream too) as Latin-1, and bytes that do not decode as UTF-8 with
+`surrogateescape`; a HAR whose `creator` is mitmproxy is read back by the same rules.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
+import re
 import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -68,6 +79,8 @@ def entry(rec: Recorded) -> dict[str, Any]:
         "ttfb_ms": rec.ttfb_ms,
         "duration_ms": rec.duration_ms,
     }
+    if rec.untimed:
+        ours["untimed"] = True
     request: dict[str, Any] = {
         "method": rec.request.method,
         "url": rec.request.url,
@@ -139,7 +152,8 @@ def _reason(status: int) -> str:
 
 
 def _content(raw: bytes, headers: Headers) -> dict[str, Any]:
-    """The body as browsers save it: decoded, text when it is UTF-8, else base64."""
+    """The body as browsers save it: decoded, text in its charset (UTF-8 when it names
+    none) when the bytes are that text exactly, else base64."""
     mime = _header(headers, "content-type") or "application/octet-stream"
     coding = (_header(headers, "content-encoding") or "").strip().lower()
     decoded = _decoded(raw, coding)
@@ -150,9 +164,15 @@ def _content(raw: bytes, headers: Headers) -> dict[str, Any]:
         content["comment"] = f"still {coding}-encoded (rrproxy decodes gzip and deflate only)"
     elif decoded is not raw:
         content["compression"] = len(decoded) - len(raw)
+    charset = _charset(headers, None, _BROWSER)
     try:
-        content["text"] = decoded.decode("utf-8")
-    except UnicodeDecodeError:
+        text = decoded.decode(charset)
+        exact = text.encode(charset) == decoded  # not so for a BOM under utf-8-sig
+    except (LookupError, UnicodeError):
+        exact = False
+    if exact:
+        content["text"] = text
+    else:
         content["text"] = base64.b64encode(decoded).decode("ascii")
         content["encoding"] = "base64"
     return content
@@ -181,9 +201,9 @@ def _event_json(event: Event) -> dict[str, Any]:
 # -- import -------------------------------------------------------------------------------
 
 
-def parse(data: bytes, *, source: str) -> tuple[list[Recorded], list[str], int]:
-    """The interactions of a HAR file, each checked as a cassette file line is; the entries
-    skipped (each named, with the reason); how many had no event timing (not rrproxy's)."""
+def parse(data: bytes, *, source: str) -> tuple[list[Recorded], list[str]]:
+    """The interactions of a HAR file, each checked as a cassette file line is, and the
+    entries skipped (each named, with the reason)."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -193,36 +213,53 @@ def parse(data: bytes, *, source: str) -> tuple[list[Recorded], list[str], int]:
         raise CassetteFileError(None, "not a HAR file (no log.entries)", source)
     recs: list[Recorded] = []
     skipped: list[str] = []
-    untimed = 0
+    creator = log.get("creator")
+    decoding = (
+        _MITMPROXY if isinstance(creator, dict) and creator.get("name") == "mitmproxy" else _BROWSER
+    )
     for i, obj in enumerate(log["entries"]):
         req = obj.get("request") if isinstance(obj, dict) else None
         resp = obj.get("response") if isinstance(obj, dict) else None
         if not isinstance(req, dict) or not isinstance(resp, dict):
             raise entry_error(source, f"entry {i + 1}", "needs a 'request' and a 'response'")
         where = source_entry(i, req.get("method"), req.get("url"))
-        why = _unusable(resp)
+        why = _unusable(req.get("method"), resp)
         if why is not None:
             skipped.append(f"{where}: {why}")
             continue
-        recs.append(checked(_interaction(obj, req, resp, source, where), source, where))
-        untimed += not isinstance(obj.get("_rrproxy_events"), list)
-    return recs, skipped, untimed
+        rec = _interaction(obj, req, resp, decoding, source, where)
+        recs.append(checked(rec, source, where))
+    return recs, skipped
 
 
-def _unusable(resp: dict[str, Any]) -> str | None:
+def _unusable(method: Any, resp: dict[str, Any]) -> str | None:
     status = resp.get("status")
     if status == 0 or (isinstance(status, int) and 100 <= status < 200):
         return f"no final response (status {status}: failed, blocked or upgraded)"
     content = resp.get("content")
-    if isinstance(content, dict) and "text" not in content:
-        size = content.get("size")
-        if (isinstance(size, int) and size > 0) or (resp.get("bodySize") or 0) > 0:
-            return "its response body was not saved in the HAR"
+    if _bodiless(method, status) or not isinstance(content, dict) or "text" in content:
+        return None
+    # Firefox writes `size: -1` and a comment when it kept no body (har-builder.js)
+    size = content.get("size")
+    body_size = resp.get("bodySize")
+    if (isinstance(size, int) and size != 0) or (isinstance(body_size, int) and body_size > 0):
+        return "its response body was not saved in the HAR"
     return None
 
 
+def _bodiless(method: Any, status: Any) -> bool:
+    """No body was sent (RFC 9110): what a HAR holds for it came from the browser's cache
+    (Firefox and Chrome save a 304's cached body)."""
+    return method == "HEAD" or status in (204, 304)
+
+
 def _interaction(
-    obj: dict[str, Any], req: dict[str, Any], resp: dict[str, Any], source: str, where: str
+    obj: dict[str, Any],
+    req: dict[str, Any],
+    resp: dict[str, Any],
+    decoding: str,
+    source: str,
+    where: str,
 ) -> Recorded:
     ours = obj.get("_rrproxy") if isinstance(obj.get("_rrproxy"), dict) else None
     headers = _headers(resp.get("headers"), source, where, "response headers")
@@ -238,7 +275,10 @@ def _interaction(
     if ours is not None and isinstance(obj.get("_rrproxy_events"), list):
         return _ours(obj, ours, request, ResponseHead(status, headers), source, where)
     ttfb, duration = _timing(obj)
-    body = _content_bytes(resp.get("content"), source, where)
+    charset = _charset(headers, resp.get("content"), decoding)
+    body = b""
+    if not _bodiless(request.method, status):
+        body = _content_bytes(resp.get("content"), charset, source, where)
     return Recorded(
         request=request,
         response=ResponseHead(status, tuple(h for h in headers if h[0].lower() not in _DECODED)),
@@ -248,6 +288,7 @@ def _interaction(
         ttfb_ms=ttfb,
         duration_ms=duration,
         events=whole_body(body, ttfb),
+        untimed=True,
     )
 
 
@@ -281,6 +322,7 @@ def _ours(
         if ours.get("duration_ms") is None
         else _ms(ours["duration_ms"], source, where, "duration_ms"),
         events=tuple(events),
+        untimed=_flag(ours.get("untimed", False), source, where, "untimed"),
     )
 
 
@@ -295,12 +337,47 @@ def _timing(obj: dict[str, Any]) -> tuple[float, float]:
     return ttfb, duration
 
 
-def _content_bytes(content: Any, source: str, where: str) -> bytes:
+_BROWSER = "browser"
+_MITMPROXY = "mitmproxy"
+_CHARSET = re.compile(r"""(?i);\s*charset\s*=\s*["']?([^"';\s]+)""")
+
+
+def _charset(headers: Headers, content: Any, decoding: str) -> str:
+    """The charset a HAR's tool decoded a text body with (see the module's docstring)."""
+    mime = _header(headers, "content-type")
+    if mime is None and isinstance(content, dict) and isinstance(content.get("mimeType"), str):
+        mime = content["mimeType"]
+    found = _CHARSET.search(mime or "")
+    if found is not None:
+        name = found.group(1).lower()
+        if decoding == _MITMPROXY and name in ("gb2312", "gbk"):
+            return "gb18030"  # as mitmproxy reads them
+        return name
+    if decoding == _MITMPROXY and "json" not in (mime or ""):
+        return "latin-1"  # mitmproxy's fallback, an SSE stream's too (html and css aside)
+    return "utf-8"
+
+
+def _content_bytes(content: Any, charset: str, source: str, where: str) -> bytes:
     if not isinstance(content, dict) or content.get("text") is None:
         return b""
     if content.get("encoding") == "base64":
         return _b64(content["text"], source, where, "response: content.text")
-    return _utf8(content["text"], source, where, "response: content.text")
+    text = _text(content["text"], source, where, "response: content.text")
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        reason = f"response: content.text is in charset {charset!r}, which rrproxy does not know"
+        raise entry_error(source, where, reason) from None
+    try:
+        # surrogateescape: the bytes mitmproxy could not decode, given back as they came
+        return text.encode(charset, "surrogateescape")
+    except UnicodeEncodeError as exc:
+        reason = (
+            f"response: content.text cannot be written in its charset {charset!r} "
+            f"(character {exc.start}); it was not decoded with it"
+        )
+        raise entry_error(source, where, reason) from None
 
 
 def _request_body(
@@ -338,6 +415,12 @@ def _started(raw: Any, source: str, where: str) -> datetime:
     if t is None or t.tzinfo is None:
         raise entry_error(source, where, "startedDateTime must be an ISO 8601 time with its zone")
     return t.astimezone(UTC)
+
+
+def _flag(raw: Any, source: str, where: str, what: str) -> bool:
+    if not isinstance(raw, bool):
+        raise entry_error(source, where, f"_rrproxy: {what!r} must be true or false")
+    return raw
 
 
 def _ms(raw: Any, source: str, where: str, what: str) -> float:

@@ -86,6 +86,7 @@ async def _recorded(
                     if head.response.status == 101
                     else ()
                 ),
+                untimed=head.untimed,
             )
 
     version = cassette_file.VERSION
@@ -393,6 +394,7 @@ async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> Non
             body_size=sum(len(e.data) for e in rec.events) + sum(len(m) for m in rec.messages),
             body_sha256=ledger.body_sha256(rec.events),
             ordinal=_next_ordinal(cassette_id),
+            untimed=rec.untimed,
         )
         .returning(Interaction.id)
     )

@@ -4,7 +4,8 @@ A vcrpy cassette is `{"version": 1, "interactions": [{"request": {...}, "respons
 bodies are text, bytes (YAML `!!binary`) or `{"string": ...}`, and a compressed body is kept
 compressed with its `Content-Encoding` (vcrpy stores what urllib3/httpx read off the wire).
 vcrpy keeps no timing: each response body becomes one event at t = 0, with ttfb and duration
-0, and replays at once whatever the pace. `recorded_at` is the file's modification time.
+0, marked `untimed` (imported without event timing): it replays at `untimed_pace`, instant
+unless told otherwise. `recorded_at` is the file's modification time.
 
 YAML is read with PyYAML's safe loader only: a Python tag (`!!python/object/apply:...`, the
 code execution of vcrpy's old full loader) is refused, never constructed. The harmless
@@ -163,6 +164,7 @@ def _interaction(obj: Any, i: int, source: str, recorded_at: datetime) -> Record
         ttfb_ms=0.0,
         duration_ms=0.0,
         events=whole_body(_body(body, source, entry, "response body")),
+        untimed=True,
     )
     return checked(rec, source, entry)
 

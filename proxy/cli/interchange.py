@@ -22,20 +22,19 @@ from proxy.errors import ConfigError
 def import_command(settings: Settings, args: argparse.Namespace) -> int:
     path: Path = args.file
     skipped: list[str] = []
-    untimed = 0
     if args.source == "vcrpy":
         files = vcrpy.cassette_files(path)
         if args.as_name and len(files) > 1:
             raise ConfigError(f"--as names one cassette; {path} holds {len(files)} cassettes")
         loaded = [(args.as_name or name, vcrpy.read_file(file)) for name, file in files]
-        untimed = sum(len(recs) for _, recs in loaded)
     else:
         if not path.is_file():
             raise ConfigError(f"{path} is not a file")
         with open_regular(path, max_bytes=har.MAX_FILE_BYTES) as f:
             data = f.read()
-        recs, skipped, untimed = har.parse(data, source=str(path))
+        recs, skipped = har.parse(data, source=str(path))
         loaded = [(args.as_name or _name_of(path), recs)]
+    untimed = sum(rec.untimed for _, recs in loaded for rec in recs)
 
     async def work(store: Store) -> list[cassettes.Imported]:
         results = await cassettes.import_records(
@@ -57,8 +56,8 @@ def import_command(settings: Settings, args: argparse.Namespace) -> int:
         print(_summary(result, args.source))
     if untimed:
         print(
-            f"{untimed} interaction(s) without event timing ({args.source} records none): each "
-            "body is one event, at the time to first byte"
+            f"{untimed} interaction(s) without event timing: each body is one event, "
+            "replayed at untimed_pace (default instant)"
         )
     if skipped:
         print(f"{len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} skipped (see above)")

@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--mode", help="/".join(m.value for m in Mode) + " (default auto)")
     serve.add_argument("--cassette", metavar="NAME", help="active cassette (default 'default')")
     serve.add_argument("--pace", help="replay pace: instant (default), recorded, or a factor")
+    serve.add_argument(
+        "--untimed-pace",
+        metavar="PACE",
+        help="pace of interactions imported without event timing (default instant)",
+    )
     _flag(serve, "--strict", text="replay: a request beyond its recordings is a miss")
     _flag(serve, "--read-only", text="replay only, and never write to the store (CI)")
     serve.add_argument(
@@ -280,7 +285,15 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _load(args: argparse.Namespace) -> Settings:
     names: tuple[str, ...] = ("host", "port", "upstream", "mode", "cassette", "db", "pace")
-    names += ("strict", "verbose", "cassette_dir", "allow_remote", "read_only", "workers")
+    names += (
+        "strict",
+        "verbose",
+        "cassette_dir",
+        "allow_remote",
+        "read_only",
+        "workers",
+        "untimed_pace",
+    )
     flags: dict[str, Any] = {n: getattr(args, n, None) for n in names}
     return load_settings(args.config, flags=flags)
 

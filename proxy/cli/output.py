@@ -109,6 +109,7 @@ def cassette_json(i: CassetteInfo) -> dict[str, Any]:
         "size": i.size,
         "last_recorded": json_time(i.last_recorded),
         "incomplete": i.incomplete,
+        "untimed": i.untimed,
     }
 
 
@@ -131,6 +132,7 @@ def interaction_json(
         "outcome": i.outcome.value,
         "error": i.error,
         "recorded_at": json_time(i.recorded_at),
+        "untimed": i.untimed,
     }
     if not no_events:
         obj["body"] = [event_json(e) for e in evs]
@@ -169,7 +171,12 @@ def interaction_text(i: StoredInteraction) -> str:
     ]
     if i.error:
         lines.append(f"    {printable(i.error)}")
+    if i.untimed:
+        lines.append(f"    {UNTIMED}")
     return "\n".join(lines)
+
+
+UNTIMED = "imported without event timing: the body is one event, replayed at untimed_pace"
 
 
 def event_text(event: Event) -> str:

@@ -19,7 +19,7 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-CONTROL = frozenset({"rrproxy-cassette", "rrproxy-mode", "rrproxy-pace"})
+CONTROL = frozenset({"rrproxy-cassette", "rrproxy-mode", "rrproxy-pace", "rrproxy-untimed-pace"})
 """Per-request control headers: read by rrproxy, never forwarded or recorded."""
 NOT_FORWARDED = CONTROL | {"host", "content-length", "rrproxy-hops"}
 """A request's headers that do not go upstream as they came (aiohttp sets Host and

@@ -77,6 +77,7 @@ async def cassettes(request: web.Request) -> web.Response:
                     "events": s.events,
                     "size": s.size,
                     "incomplete": s.incomplete,
+                    "untimed": s.untimed,
                     "last_recorded": format_time(s.last_recorded) if s.last_recorded else None,
                 }
                 for s in summaries

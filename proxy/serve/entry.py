@@ -33,6 +33,7 @@ class Entry:
     interaction_id: int | None = None
     body_size: int = 0
     ttfb_ms: float = 0.0
+    untimed: bool = False  # imported without event timing: replayed at `untimed_pace`
     body: bytes | None = None
     sketch: Sketch | None = None  # computed when the cassette is (re)loaded
     row: Row | None = None  # once read from the store
@@ -101,6 +102,7 @@ def entry_of(stored: queries.StoredHead) -> Entry:
         stored.id,
         stored.body_size,
         stored.ttfb_ms,
+        untimed=stored.untimed,
         body_sha256=stored.body_sha256,
     )
     entry.committed.set()

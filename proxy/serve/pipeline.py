@@ -28,7 +28,7 @@ from proxy.errors import BadRequest, ReplayMiss, RequestTimeout, StaleRecording
 from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.entry import Entry
 from proxy.serve.relay import Tee, relay
-from proxy.serve.replay import replay
+from proxy.serve.replay import pace_for, replay
 from proxy.serve.routing import setting_name, upstream_url
 from proxy.serve.run_report import RunReport, SentDigest
 from proxy.serve.state import RunState, Services
@@ -43,6 +43,7 @@ class Control:
     mode: Mode
     cassette: str
     pace: Pace
+    untimed_pace: Pace
 
 
 def control(request: web.Request, settings: Settings, state: RunState) -> Control:
@@ -58,6 +59,8 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
             else state.cassette
         )
         pace = parse_pace(h["Rrproxy-Pace"]) if "Rrproxy-Pace" in h else settings.pace
+        untimed = h.get("Rrproxy-Untimed-Pace")
+        untimed_pace = settings.untimed_pace if untimed is None else parse_pace(untimed)
     except ValueError as exc:
         modes = ", ".join(m.value for m in Mode)
         raise BadRequest(f"bad rrproxy control header ({exc}; modes: {modes})") from None
@@ -66,7 +69,7 @@ def control(request: web.Request, settings: Settings, state: RunState) -> Contro
             f"this proxy is read-only (--read-only): it only replays, and mode {mode.value} "
             "would write to the store; send the request to a proxy that records"
         )
-    return Control(mode, cassette, pace)
+    return Control(mode, cassette, pace, untimed_pace)
 
 
 async def upstream_request(request: web.Request, settings: Settings) -> Request:
@@ -145,9 +148,10 @@ async def _replay(call: _Call, entry: Entry) -> web.StreamResponse:
     assert report is not None and entry.interaction_id is not None
     if settings.max_age is not None and entry.row is not None:
         _check_age(call, entry, settings.max_age, report)
+    pace = pace_for(entry, ctl.pace, ctl.untimed_pace)
     sent = SentDigest()
     response, events = await replay(
-        call.request, ctl.cassette, entry, call.services.bodies, ctl.pace, call.t0, sent.update
+        call.request, ctl.cassette, entry, call.services.bodies, pace, call.t0, sent.update
     )
     transport = call.request.transport
     report.judge(

@@ -128,6 +128,14 @@ async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterat
         await asyncio.gather(filler, return_exceptions=True)
 
 
+def pace_for(entry: Entry, pace: Pace, untimed_pace: Pace) -> Pace:
+    """The pace `entry` is replayed at. An interaction imported without event timing (vcrpy,
+    a browser's HAR) has one event standing for a whole body whose bytes' times were never
+    recorded: it goes at `untimed_pace` (instant unless the user asks otherwise), whatever
+    the pace of the recordings around it."""
+    return untimed_pace if entry.untimed else pace
+
+
 async def replay(
     request: web.Request,
     cassette: str,

@@ -81,6 +81,9 @@ class Interaction(Base):
     body_sha256: Mapped[str | None] = mapped_column(String(64))  # of the body as it arrived
     instance_id: Mapped[int | None] = mapped_column(Integer)
     ordinal: Mapped[int | None] = mapped_column(Integer)
+    untimed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Imported without event timing (vcrpy, a browser's HAR): the body is one event, and
+    replay sends it at `untimed_pace` (instant unless told otherwise), whatever the pace."""
 
 
 class Event(Base):

@@ -48,6 +48,7 @@ class CassetteInfo:
     size: int  # bytes of request and response bodies
     last_recorded: datetime | None
     incomplete: int
+    untimed: int = 0  # interactions imported without event timing
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class StoredInteraction:
     duration_ms: float | None
     events: int  # how many
     size: int  # bytes of the response body
+    untimed: bool = False  # imported without event timing (replayed at `untimed_pace`)
 
     @property
     def complete(self) -> bool:
@@ -91,6 +93,7 @@ async def summaries(source: Source) -> list[CassetteInfo]:
             ),
             func.max(Interaction.started_at),
             func.count(Interaction.id).filter(Interaction.outcome.in_(_UNFINISHED)),
+            func.count(Interaction.id).filter(Interaction.untimed),
         )
         .outerjoin(Interaction)
         .group_by(Cassette.id)
@@ -98,7 +101,7 @@ async def summaries(source: Source) -> list[CassetteInfo]:
     )
     async with connected(source) as conn:
         rows = (await conn.execute(stmt)).all()
-    return [CassetteInfo(r[0], r[1], int(r[2]), int(r[3]), utc(r[4]), r[5]) for r in rows]
+    return [CassetteInfo(r[0], r[1], int(r[2]), int(r[3]), utc(r[4]), r[5], r[6]) for r in rows]
 
 
 async def cassette_id(source: Source, name: str) -> int | None:
@@ -137,6 +140,7 @@ async def interactions(
             Interaction.duration_ms,
             Interaction.event_count,
             Interaction.body_size,
+            Interaction.untimed,
         )
         .join(Cassette)
         .where(Cassette.name == cassette)
@@ -161,6 +165,7 @@ async def interactions(
             duration_ms=r.duration_ms,
             events=r.event_count,
             size=r.body_size,
+            untimed=bool(r.untimed),
         )
         for number, r in enumerate(rows, 1)
     ]
@@ -359,6 +364,7 @@ class StoredHead:
     body_size: int
     ttfb_ms: float
     body_sha256: str | None = None  # of the body as recorded (None before revision 0006)
+    untimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -414,6 +420,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             Interaction.body_size,
             Interaction.ttfb_ms,
             Interaction.body_sha256,
+            Interaction.untimed,
         )
         .join(Cassette)
         .where(Cassette.name == cassette, Interaction.id.in_(ids))
@@ -434,6 +441,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             body_size=r.body_size,
             ttfb_ms=r.ttfb_ms,
             body_sha256=r.body_sha256,
+            untimed=bool(r.untimed),
         )
         for r in rows
     ]

@@ -126,7 +126,7 @@ async def test_a_corrupt_file_is_reported_by_name_and_the_others_load(
     good = (cassettes / "good.cassette.jsonl").read_bytes()
 
     (cassettes / "broken.cassette.jsonl").write_bytes(good[: len(good) // 2])
-    (cassettes / "mangled.cassette.jsonl").write_bytes(good.replace(b'"version": ', b'"v": '))
+    (cassettes / "mangled.cassette.jsonl").write_bytes(good.replace(b'"version": ', b'"v": ', 1))
     (cassettes / "notes.txt").write_text("not a cassette, not looked at")
     fresh = tmp_path / "fresh.db"  # a new teammate: nothing loaded yet
     caplog.set_level(logging.INFO, logger="proxy")

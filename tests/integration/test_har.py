@@ -212,3 +212,173 @@ async def test_a_har_saved_by_chromium_imports_and_replays_its_stream(
             async with client.request(request["method"], url, data=body) as resp:
                 assert resp.headers.get("Rrproxy-Source") == "replayed", await resp.text()
                 assert await resp.read() == entry["response"]["content"]["text"].encode()
+
+
+def expected_body(entry: dict[str, Any], charset: str = "utf-8") -> bytes:
+    """The bytes a HAR entry's tool stored: base64, or text in the charset it decoded with."""
+    content = entry["response"]["content"]
+    if content.get("encoding") == "base64":
+        return base64.b64decode(content["text"])
+    return bytes(content["text"].encode(charset))
+
+
+async def replay_entries(
+    start_proxy: StartProxy, cassette: str, entries: list[dict[str, Any]], charsets: list[str]
+) -> list[bytes]:
+    """Each entry's request through the proxy in replay mode: the response is the bytes the
+    tool stored (`charsets`: what it decoded each text body with). Returns the bodies."""
+    proxy = await start_proxy("https://api.example.test", mode="replay", cassette=cassette)
+    bodies = []
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        for entry, charset in zip(entries, charsets, strict=True):
+            request = entry["request"]
+            body = request.get("postData", {}).get("text", "").encode()
+            url = proxy.make_url(request["url"].removeprefix("https://api.example.test"))
+            async with client.request(request["method"], url, data=body) as resp:
+                assert resp.headers.get("Rrproxy-Source") == "replayed", await resp.text()
+                assert resp.status == entry["response"]["status"]
+                assert "Content-Encoding" not in resp.headers  # the HAR holds it decoded
+                bodies.append(await resp.read())
+                assert bodies[-1] == expected_body(entry, charset)
+    await proxy.close()
+    return bodies
+
+
+async def test_a_har_saved_by_mitmproxy_imports_and_replays_what_it_stored(
+    start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """mitmproxy's own HAR export (tests/data/har/README.md says how it was made): an SSE
+    stream, a gzip JSON body, a binary download. mitmproxy decodes a body without a charset
+    as Latin-1 (JSON as UTF-8), so the SSE text it saved holds "Ã¶" for the "ö" sent: the
+    import gives back the bytes, and the replayed stream is the UTF-8 the upstream sent."""
+    har = DATA / "mitmproxy.har"
+    code, out, err = cli("import", "--from", "har", str(har), cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    assert "imported cassette 'mitmproxy' from har: 3 interaction(s), 3 events" in out
+    assert "2 value(s) redacted" in out  # the two Authorization headers
+    with closing(sqlite3.connect(db_path)) as conn:
+        headers = " ".join(h for (h,) in conn.execute("SELECT request_headers FROM interactions"))
+    assert "sk-test-mitmproxy" not in headers and "[REDACTED]" in headers
+
+    doc = json.loads(har.read_text())
+    assert doc["log"]["creator"]["name"] == "mitmproxy"
+    entries = doc["log"]["entries"]
+    assert "WÃ¶rld" in entries[0]["response"]["content"]["text"]  # as mitmproxy saved it
+    stream, models, blob = await replay_entries(
+        start_proxy, "mitmproxy", entries, ["latin-1", "utf-8", "latin-1"]
+    )
+    assert stream.decode("utf-8").count("event: response.output_text.delta") == 4
+    assert " Wörld" in stream.decode("utf-8")
+    assert json.loads(models)["data"][0]["name"] == "modèle"
+    assert blob == bytes(range(256)) * 4  # what make_mitmproxy_har.py served
+
+
+async def test_a_har_saved_by_firefox_imports_and_replays_what_it_stored(
+    start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """A HAR that Debian's Firefox ESR wrote itself, headless, from its network monitor
+    (tests/data/har/README.md): a page, the SSE stream it fetched, the JSON after it, an
+    image (saved base64) and the favicon's 404, each replayed as Firefox saved it."""
+    har = DATA / "firefox.har"
+    code, out, err = cli("import", "--from", "har", str(har), cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    assert "imported cassette 'firefox' from har: 5 interaction(s), 5 events" in out
+    assert "1 value(s) redacted" in out
+    entries = json.loads(har.read_text())["log"]["entries"]
+    assert [e["response"]["content"].get("encoding") for e in entries].count("base64") == 1
+    bodies = await replay_entries(start_proxy, "firefox", entries, ["utf-8"] * 5)
+    stream = next(
+        b for b, e in zip(bodies, entries, strict=True) if e["request"]["method"] == "POST"
+    )
+    assert stream.decode("utf-8").count("event: response.output_text.delta") == 4
+
+
+async def test_imported_without_event_timing_replays_at_instant_pace_unless_told(
+    start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """Firefox's HAR with the stream's wait made ten minutes: at recorded pace the stream
+    still comes at once (its events' times were never recorded), the admin API counts it
+    untimed; `Rrproxy-Untimed-Pace` (here a factor of 100) makes it wait its recorded
+    time to first byte, scaled."""
+    doc = json.loads((DATA / "firefox.har").read_text())
+    entries = doc["log"]["entries"]
+    [sse] = [e for e in entries if e["request"]["method"] == "POST"]
+    sse["timings"]["wait"] = 600_000
+    sse["time"] = sum(v for v in sse["timings"].values() if v > 0)
+    (tmp_path / "slow.har").write_text(json.dumps(doc))
+    code, _, err = cli("import", "--from", "har", "slow.har", cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    expected = sse["response"]["content"]["text"].encode()
+
+    proxy = await start_proxy(
+        "https://api.example.test", mode="replay", cassette="slow", pace="recorded"
+    )
+    url = proxy.make_url("/v1/responses")
+    body = sse["request"]["postData"]["text"].encode()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as client:
+        async with client.post(url, data=body) as resp:  # ten minutes if it were paced
+            assert resp.headers["Rrproxy-Source"] == "replayed"
+            assert await resp.read() == expected
+        async with client.get(proxy.make_url("/_rrproxy/cassettes")) as resp:
+            listed = await resp.json()
+        assert [(c["name"], c["untimed"]) for c in listed["cassettes"]] == [("slow", 5)]
+
+        async def fetch(pace: str) -> bytes:
+            headers = {"Rrproxy-Untimed-Pace": pace}
+            async with client.post(url, data=body, headers=headers) as resp:
+                return await resp.read()
+
+        paced = asyncio.create_task(fetch("100"))  # ten minutes at 100x: six seconds
+        done, _ = await asyncio.wait({paced}, timeout=1)
+        assert not done  # waiting for its recorded (scaled) time to first byte
+        assert await paced == expected
+
+
+async def test_the_untimed_mark_survives_a_har_round_trip(db_path: Path, tmp_path: Path) -> None:
+    """Firefox's HAR imported, exported by rrproxy as HAR, imported into another store: the
+    same cassette file, byte for byte, every interaction still marked untimed. (The page's
+    own HTML holds the made-up key it sends: bodies are not redacted, so the exports need
+    --allow-secrets.)"""
+    har = DATA / "firefox.har"
+    assert cli("import", "--from", "har", str(har), cwd=tmp_path, db=db_path)[0] == 0
+    code, _, err = cli(
+        "export",
+        "--allow-secrets",
+        "firefox",
+        "-o",
+        "first.cassette.jsonl",
+        cwd=tmp_path,
+        db=db_path,
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        "export",
+        "--to",
+        "har",
+        "--allow-secrets",
+        "firefox",
+        "-o",
+        "ours.har",
+        cwd=tmp_path,
+        db=db_path,
+    )
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ours.har").read_text())
+    check_har_1_2(doc)
+    assert [e["_rrproxy"]["untimed"] for e in doc["log"]["entries"]] == [True] * 5
+
+    other = tmp_path / "other.db"
+    code, out, err = cli(
+        "import", "--from", "har", "--as", "firefox", "ours.har", cwd=tmp_path, db=other
+    )
+    assert code == 0, err
+    assert "imported cassette 'firefox' from har: 5 interaction(s)" in out
+    assert "without event timing" in out  # the mark, not the source, says so
+    code, _, err = cli(
+        "export", "--allow-secrets", "firefox", "-o", "again.cassette.jsonl", cwd=tmp_path, db=other
+    )
+    assert code == 0, err
+    first = (tmp_path / "first.cassette.jsonl").read_bytes()
+    assert (tmp_path / "again.cassette.jsonl").read_bytes() == first
+    assert first.count(b'"untimed": true') == 5

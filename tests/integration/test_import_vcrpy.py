@@ -45,9 +45,14 @@ def upstream_app() -> web.Application:
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
         return web.Response(body=GZIPPED, headers=headers)
 
+    async def session(_: web.Request) -> web.Response:
+        headers = {"Set-Cookie": "session=s3cr3t-cookie-value; HttpOnly"}
+        return web.json_response({"ok": True}, headers=headers)
+
     app = web.Application()
     app.router.add_post("/v1/chat", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/session", session)
     return app
 
 
@@ -101,11 +106,16 @@ def rows(db: Path) -> list[tuple[object, ...]]:
 
 
 async def replay_all(
-    start_proxy: StartProxy, upstream: str, db: Path, cassette: str, stored: list[Any]
+    start_proxy: StartProxy,
+    upstream: str,
+    db: Path,
+    cassette: str,
+    stored: list[Any],
+    **settings: str,
 ) -> None:
     """Each stored request, sent through the proxy in replay mode (upstream stopped), gets
     exactly the bytes vcrpy stored."""
-    proxy = await start_proxy(upstream, mode="replay", cassette=cassette, db=str(db))
+    proxy = await start_proxy(upstream, mode="replay", cassette=cassette, db=str(db), **settings)
     async with aiohttp.ClientSession(auto_decompress=False) as client:
         for method, uri, body, expected in stored:
             path = uri.removeprefix(upstream)
@@ -147,6 +157,71 @@ async def test_vcrpy_yaml_and_json_import_and_replay_byte_identical(
     assert GZIPPED in [b for *_, b in yaml_bodies]  # stored compressed: replayed compressed
     await replay_all(start_proxy, base, db_path, "calls", yaml_bodies)
     await replay_all(start_proxy, base, db_path, "calls_json", vcrpy_bodies(files["json"]))
+
+
+async def test_vcrpy_cassettes_are_marked_untimed_and_replay_at_recorded_pace(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """vcrpy records no timing: its interactions are stored marked "imported without event
+    timing", say so in `show` and `ls`, keep the mark in the cassette file, and replay byte
+    for byte through a proxy at recorded pace: at instant pace (untimed_pace's default), and
+    paced (streamed event by event) when untimed_pace says so."""
+    upstream = await start_upstream(upstream_app())
+    base = str(upstream.make_url("")).rstrip("/")
+    cassette = tmp_path / "paced.yaml"
+    await asyncio.to_thread(record_with_vcrpy, base, cassette, "yaml")
+    await upstream.close()
+
+    result = cli("import", "--from", "vcrpy", str(cassette), cwd=tmp_path, db=db_path)
+    assert result.returncode == 0, result.stderr
+    assert "4 interaction(s) without event timing" in result.stdout
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert set(conn.execute("SELECT untimed FROM interactions")) == {(1,)}
+    shown = cli("show", "paced", "--json", "--no-events", cwd=tmp_path, db=db_path)
+    assert [i["untimed"] for i in json.loads(shown.stdout)["interactions"]] == [True] * 4
+    text = cli("show", "paced", "--no-events", cwd=tmp_path, db=db_path).stdout
+    assert text.count("imported without event timing") == 4
+    listed = json.loads(cli("ls", "--json", cwd=tmp_path, db=db_path).stdout)
+    assert [(c["name"], c["untimed"]) for c in listed["cassettes"]] == [("paced", 4)]
+
+    exported = cli("export", "paced", "-o", "-", cwd=tmp_path, db=db_path).stdout.splitlines()
+    assert json.loads(exported[0])["version"] == 2
+    heads = [json.loads(line) for line in exported if '"request"' in line]
+    assert [h["untimed"] for h in heads] == [True] * 4
+
+    stored = vcrpy_bodies(cassette)
+    await replay_all(start_proxy, base, db_path, "paced", stored, pace="recorded")
+    await replay_all(
+        start_proxy, base, db_path, "paced", stored, pace="recorded", untimed_pace="recorded"
+    )
+
+
+async def test_the_summary_counts_every_value_redacted_and_none_reaches_the_store(
+    start_upstream: StartUpstream, db_path: Path, tmp_path: Path
+) -> None:
+    """A vcrpy cassette with a key in a header, a key in the query and a cookie the server
+    set: the summary counts the three values redacted, and no byte of them is stored."""
+    upstream = await start_upstream(upstream_app())
+    base = str(upstream.make_url("")).rstrip("/")
+    cassette = tmp_path / "keys.yaml"
+    secret = "sk-test-query-0123456789abcdef"
+
+    def record() -> None:
+        with vcr.VCR(record_mode="once").use_cassette(str(cassette)):
+            url = f"{base}/v1/session?api_key={secret}&page=2"
+            assert requests.get(url, headers={"Authorization": KEY}).json() == {"ok": True}
+
+    await asyncio.to_thread(record)
+    await upstream.close()
+    assert secret.encode() in cassette.read_bytes()  # vcrpy kept them all
+
+    result = cli("import", "--from", "vcrpy", str(cassette), cwd=tmp_path, db=db_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 interaction(s), 1 events, 3 value(s) redacted" in result.stdout
+    stored = repr(rows(db_path))
+    for value in (secret, KEY.split()[1], "s3cr3t-cookie-value"):
+        assert value not in stored
+    assert "page=2" in stored  # what is not a credential is kept
 
 
 PYTEST_PROJECT = """

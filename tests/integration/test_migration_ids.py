@@ -5,6 +5,7 @@ again."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -62,12 +63,9 @@ async def test_0003_keeps_every_row_and_ids_are_never_given_again(db_path: Path)
     await migrate.upgrade(engine)
     await engine.dispose()
 
-    after = dump(db_path)
-    # later revisions may add columns (0006: interactions.body_sha256, NULL for these rows):
+    # later revisions add columns (0004 `untimed`, 0006 `body_sha256`, 0008 `ordinal`...):
     # every row keeps the columns it had, with their values
-    width = [len(table[0]) for table in before]
-    assert tuple([row[:w] for row in t] for t, w in zip(after, width, strict=True)) == before
-    assert all(row[width[1] :] == (None,) * (len(row) - width[1]) for row in after[1])
+    assert dump(db_path) == before
     with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
         conn.execute("PRAGMA foreign_keys = ON")
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -85,3 +83,38 @@ async def test_0003_keeps_every_row_and_ids_are_never_given_again(db_path: Path)
             INTERACTION.replace("(id, ", "(").replace("VALUES (?, ", "VALUES ("), (cassette,)
         ).lastrowid
         assert new == 4
+
+
+async def test_0004_marks_no_stored_interaction_untimed_and_goes_back(db_path: Path) -> None:
+    """0004 adds `interactions.untimed` in place (no table copy, no cascade): rows stored
+    before it were recorded by rrproxy, so they are timed; a downgrade drops the column and
+    keeps every row."""
+    engine = create_engine(database_url(str(db_path)), writer=True)
+
+    def to(revision: str, *, down: bool = False) -> Callable[[Connection], None]:
+        def run(connection: Connection) -> None:
+            move = command.downgrade if down else command.upgrade
+            move(migrate.alembic_config(connection), revision)
+
+        return run
+
+    async with engine.begin() as connection:
+        await connection.run_sync(to("0003"))
+    await engine.dispose()
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("INSERT INTO cassettes VALUES (1, 'a', '2026-01-01')")
+        conn.execute(INTERACTION, (1, 1))
+        conn.execute("INSERT INTO events VALUES (1, 0, 1.0, x'616263')")
+    before = dump(db_path)
+
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("SELECT id, untimed FROM interactions").fetchall() == [(1, 0)]
+    assert dump(db_path)[2] == before[2]
+
+    async with engine.begin() as connection:
+        await connection.run_sync(to("0003", down=True))
+    await engine.dispose()
+    assert dump(db_path) == before

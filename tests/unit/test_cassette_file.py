@@ -79,6 +79,7 @@ def test_the_example_round_trips() -> None:
     """The example is a version 1 file: it reads, and writes back line for line but the
     header's version (its events arrived whole: no `pieces`)."""
     data = EXAMPLE.read_bytes()
+    assert data.startswith(b'{"format": "rrproxy-cassette", "version": 1,')
     header, back = cassette_file.loads(data)
     assert header.version == 1
     written = cassette_file.dump(header.name, back).split(b"\n")
@@ -140,6 +141,12 @@ BAD: dict[str, tuple[list[str], int, str]] = {
     "not an object": ([HEADER, "[1, 2]", EV1, EV2], 2, "expected a JSON object"),
     "not a cassette": (['{"hello": 1}'], 1, "not an rrproxy cassette"),
     "newer version": ([_with(HEADER, version=3), HEAD, EV1, EV2], 1, "version 3 is newer"),
+    "untimed in version 1": (
+        [_with(HEADER, version=1), _with(HEAD, untimed=True), EV1, EV2],
+        2,
+        "'untimed' is a field of format version 2",
+    ),
+    "untimed not a flag": ([HEADER, _with(HEAD, untimed="yes"), EV1, EV2], 2, "'untimed' must be"),
     "bad version": ([_with(HEADER, version="1"), HEAD, EV1, EV2], 1, "'version' must be"),
     "traversal name": ([_with(HEADER, name="../etc"), HEAD, EV1, EV2], 1, "not a valid cassette"),
     "separator name": ([_with(HEADER, name="a/b"), HEAD, EV1, EV2], 1, "not a valid cassette"),
