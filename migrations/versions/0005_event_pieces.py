@@ -34,6 +34,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("events") as batch:
+    # in place (SQLite >= 3.35 drops a column): a table copy would cascade deletes
+    with op.batch_alter_table("events", recreate="never") as batch:
         batch.drop_column("continues")
         batch.drop_column("pieces")

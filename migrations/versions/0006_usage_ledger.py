@@ -45,5 +45,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage")
-    with op.batch_alter_table("interactions") as batch:
+    # in place (SQLite >= 3.35 drops a column): a table copy would cascade deletes
+    with op.batch_alter_table("interactions", recreate="never") as batch:
         batch.drop_column("body_sha256")
