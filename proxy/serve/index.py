@@ -35,10 +35,37 @@ _PAGE = 64
 """Request bodies read (and keyed) at a time when a cassette loads."""
 
 
+class _Recordings:
+    """The recordings of one key in recording order, and those replay may serve. An entry
+    whose availability is final (in the store, its outcome known) is judged once: the n-th
+    repeat of a key costs what the first does, whatever the number of recordings."""
+
+    __slots__ = ("all", "ready", "settled")
+
+    def __init__(self) -> None:
+        self.all: list[Entry] = []
+        self.ready: list[Entry] = []  # the available ones of `all[:settled]`
+        self.settled = 0
+
+    def available(self) -> tuple[list[Entry], list[Entry]]:
+        """The available recordings, in order: those settled, then those of the rest (this
+        process's recordings still being written: a few)."""
+        entries, ready = self.all, self.ready
+        while self.settled < len(entries) and _final(entry := entries[self.settled]):
+            if entry.available:
+                ready.append(entry)
+            self.settled += 1
+        return ready, [e for e in entries[self.settled :] if e.available]
+
+
+def _final(entry: Entry) -> bool:
+    return entry.committed.is_set() and entry.outcome is not Outcome.RECORDING
+
+
 @dataclass
 class _Cassette:
     entries: list[Entry] = field(default_factory=list)
-    by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    by_key: dict[str, _Recordings] = field(default_factory=lambda: defaultdict(_Recordings))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
     computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
@@ -46,7 +73,7 @@ class _Cassette:
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         assert entry.key is not None
-        self.by_key[entry.key].append(entry)
+        self.by_key[entry.key].all.append(entry)
 
 
 @dataclass(frozen=True)
@@ -246,7 +273,8 @@ class Index:
     async def _next_unused(self, cassette: str, key: str) -> Entry | None:
         """Auto mode: the next recording for this key in this run, if one is left."""
         c = await self._cassette(cassette)
-        candidates = c.by_key.get(key, [])
+        recordings = c.by_key.get(key)
+        candidates = recordings.all if recordings is not None else []
         n = c.used[key]
         if n < len(candidates) and candidates[n].available:
             c.used[key] += 1
@@ -260,17 +288,18 @@ class Index:
         (or a miss when `strict`). Before a miss, the cassette is read again."""
         for reload in (False, True):
             c = await self._cassette(cassette, reload=reload)
-            candidates = [e for e in c.by_key.get(key, []) if e.available]
-            n = c.used[key]
-            if n < len(candidates):
+            recordings = c.by_key.get(key)
+            ready, rest = recordings.available() if recordings is not None else ([], [])
+            n, count = c.used[key], len(ready) + len(rest)
+            if n < count:
                 c.used[key] += 1
-                return candidates[n]
-            if candidates and not strict:
-                return candidates[-1]
-            if candidates:
+                return ready[n] if n < len(ready) else rest[n - len(ready)]
+            if count and not strict:
+                return rest[-1] if rest else ready[-1]
+            if count:
                 return Miss(
                     key,
-                    f"cassette {cassette!r} has {len(candidates)} recording(s) of this request "
+                    f"cassette {cassette!r} has {count} recording(s) of this request "
                     f"and all were used in this run (strict replay); record it again, or "
                     f"POST /_rrproxy/reset to start a new run",
                 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import weakref
 from pathlib import Path
 
@@ -47,4 +49,33 @@ async def test_recordings_already_in_the_store_are_not_held_in_memory(tmp_path: 
         e.committed.set()  # its last batch commits now: resolve need not wait for it
         found = await index.resolve("c", request, replay=True, strict=True, hurry=lambda: None)
         assert found is e
+    await engine.dispose()
+
+
+async def test_the_nth_repeat_of_a_key_costs_what_the_first_does(tmp_path: Path) -> None:
+    """An agent loop repeats one request: the n-th replay gets the n-th recording, and the
+    index judges each recording's availability once, not once per repeat (counted with the
+    profiler: 2,000 repeats over 2,000 recordings judged them 2 million times before)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}")
+    await migrate.upgrade(engine)
+    index = Index(engine, MatchRules())
+    recordings = [entry(0, Outcome.COMPLETE) for _ in range(2_000)]
+    for e in recordings:
+        index.add("c", e, use=False)
+    for e in recordings:  # committed once all are added (else the index leaves them to the store)
+        e.committed.set()
+    request = recordings[0].request(b"")
+    profiler = cProfile.Profile()
+    found = []
+    profiler.enable()
+    for _ in range(len(recordings) + 2):
+        found.append(await index.resolve("c", request, replay=True, strict=False, hurry=list))
+    profiler.disable()
+    assert found == [*recordings, recordings[-1], recordings[-1]]
+    judged = sum(
+        stat[1]  # calls
+        for (_, _, name), stat in pstats.Stats(profiler).stats.items()  # type: ignore[attr-defined]
+        if name == "available"
+    )
+    assert 0 < judged <= 4 * len(recordings)  # a few times each, not 2,000 times
     await engine.dispose()
