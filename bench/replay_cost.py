@@ -80,7 +80,8 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, list[
             argv = _proxy(port, up.url, "replay", db)
             if args.profile is not None:
                 out = args.profile / f"replay-{n}.txt"  # collapsed stacks
-                argv = ["py-spy", "record", "-r", "1000", "-f", "raw", "-o", str(out), "--", *argv]
+                spy = ["py-spy", "record", "--nonblocking", "-r", "500", "-f", "raw"]
+                argv = [*spy, "-o", str(out), "--", *argv]
             async with (
                 procs.server(argv, port, "/_rrproxy/health", workdir / f"replay-{n}.log") as rp,
                 aiohttp.ClientSession(trust_env=False, timeout=timeout) as session,

@@ -13,6 +13,7 @@ have recorded it) before it is declared, and names the closest recording (see `n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.matching import MatchRules, input_digest, match_key
+from proxy.core.matching import MatchRules, input_digest, match_key, route
 from proxy.core.records import Outcome, Request
 from proxy.core.redact import Redactor
 from proxy.serve.entry import Computed, Entry, Row, compute_all, entry_of, row_of
@@ -62,6 +63,10 @@ def _final(entry: Entry) -> bool:
     return entry.committed.is_set() and entry.outcome is not Outcome.RECORDING
 
 
+Route = tuple[str, str, str]
+"""Method, upstream and path: what a miss looks for first in the closest recording."""
+
+
 @dataclass
 class _Cassette:
     entries: list[Entry] = field(default_factory=list)
@@ -69,11 +74,37 @@ class _Cassette:
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
     computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
+    by_route: dict[Route, list[Entry]] | None = None  # made by the first miss
+    # What a miss's reload need not read again: the store's rows up to `last_id` were read
+    # (`read` entries), but for `pending` ones, still recording then.
+    last_id: int = 0
+    pending: frozenset[int] = frozenset()
+    read: int = 0
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         assert entry.key is not None
         self.by_key[entry.key].all.append(entry)
+        if self.by_route is not None:
+            self.by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+
+    async def routes(self) -> dict[Route, list[Entry]]:
+        """The entries by route, made by the first miss (in a worker thread), then kept."""
+        if self.by_route is None:
+            held = self.entries[:]
+            by_route = await asyncio.to_thread(_by_route, held)
+            if self.by_route is None:  # not made by another miss meanwhile
+                for entry in self.entries[len(held) :]:  # added meanwhile
+                    by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+                self.by_route = by_route
+        return self.by_route
+
+
+def _by_route(entries: list[Entry]) -> dict[Route, list[Entry]]:
+    by_route: dict[Route, list[Entry]] = {}
+    for entry in entries:
+        by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+    return by_route
 
 
 @dataclass(frozen=True)
@@ -142,9 +173,43 @@ class Index:
             return cassette  # loaded (a miss reloads it, under the lock)
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
-            if cassette is None or cassette.stale or reload:
+            if cassette is None or cassette.stale or not await self._refresh(name, cassette):
                 self._cassettes[name] = cassette = await self._load(name, cassette)
             return cassette
+
+    async def _refresh(self, name: str, c: _Cassette) -> bool:
+        """Add what the store recorded in the cassette since it was read (another proxy
+        sharing the store), reading only that; False when it cannot be merged in recording
+        order (a recording pending then has ended, or this process recorded meanwhile)."""
+        since = min(c.pending, default=c.last_id + 1)
+        stamps = await queries.interaction_stamps(self._engine, name, since=since)
+        if any(s.id in c.pending and s.outcome is not Outcome.RECORDING for s in stamps):
+            return False
+        own = {e.interaction_id for e in c.entries[c.read :]}
+        new = [s for s in stamps if s.id > c.last_id and s.id not in own]
+        if not new:
+            return True
+        if len(c.entries) > c.read:
+            return False
+        heads = await queries.interaction_heads(self._engine, name, [s.id for s in new])
+        found = {h.id: h for h in heads}
+        entries: list[Entry] = []
+        for stamp in new:
+            if stamp.outcome is Outcome.INCOMPLETE or (head := found.get(stamp.id)) is None:
+                continue  # never replayed, or deleted meanwhile
+            entry = entry_of(head)
+            if entry.outcome is Outcome.RECORDING:
+                continue  # pending (below)
+            entry.row = row_of(entry, stamp.started_at)
+            entries.append(entry)
+        await self._compute(c, entries)
+        for entry in entries:
+            if entry.key is not None:
+                c.add(entry)
+        c.read = len(c.entries)
+        c.last_id = max(c.last_id, new[-1].id)
+        c.pending = c.pending | {s.id for s in new if s.outcome is Outcome.RECORDING}
+        return True
 
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
@@ -174,12 +239,20 @@ class Index:
             merged.append(entry)
             if (done := known.get(entry.row)) is not None:
                 self._computed(fresh, entry, done)
+        read = len(merged)
         merged.extend(mine.values())
         merged.extend(in_flight)  # still recording, not yet (all) in the store
         await self._compute(fresh, [e for e in merged if e.key is None or e.sketch is None])
-        for entry in merged:
+        for at, entry in enumerate(merged):
             if entry.key is not None:  # else its request is gone from the store
                 fresh.add(entry)
+            if at + 1 == read:
+                fresh.read = len(fresh.entries)
+        fresh.last_id = stamps[-1].id if stamps else 0
+        mine_ids = {e.interaction_id for e in own}
+        fresh.pending = frozenset(
+            s.id for s in stamps if s.outcome is Outcome.RECORDING and s.id not in mine_ids
+        )
         return fresh
 
     async def _compute(self, fresh: _Cassette, entries: Sequence[Entry]) -> None:
@@ -306,7 +379,10 @@ class Index:
         return await self._miss(cassette, key, request, c)
 
     async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
-        recorded = [e for e in c.entries if e.available]
+        routes = await c.routes()
+        wanted = route(request.method, request.url)
+        recorded = await asyncio.to_thread(_worth_comparing, routes, wanted)
+        await self._compute(c, [e for e in recorded if e.sketch is None])  # recorded here
         log.debug("miss in cassette %r: the closest of %d recordings?", cassette, len(recorded))
         found = await self._closest.find(request, recorded)
         if found is None:
@@ -354,3 +430,18 @@ class Index:
         if use:
             assert entry.key is not None
             c.used[entry.key] += 1
+
+
+MISS_SCAN = 10_000
+"""Recordings a miss looks at, at most (the latest of the request's route): the cost of a
+miss does not grow with the cassette."""
+
+
+def _worth_comparing(routes: dict[Route, list[Entry]], wanted: Route) -> list[Entry]:
+    """The recordings a miss compares with the request (run in a worker thread): the latest
+    `MISS_SCAN` of its route, else the latest of each other route."""
+    same = routes.get(wanted)
+    if same:
+        return [e for e in same[-MISS_SCAN:] if e.available]
+    latest = (next((e for e in reversed(es) if e.available), None) for es in list(routes.values()))
+    return [e for e in itertools.islice(latest, MISS_SCAN) if e is not None]

@@ -250,8 +250,9 @@ class Stamp:
     outcome: Outcome
 
 
-async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
-    """A cassette's interactions, in recording order, as little as tells them apart."""
+async def interaction_stamps(engine: AsyncEngine, cassette: str, since: int = 0) -> list[Stamp]:
+    """A cassette's interactions (those from id `since` on), in recording order, as little
+    as tells them apart."""
     stmt = (
         select(
             Interaction.id,
@@ -263,6 +264,8 @@ async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
         .where(Cassette.name == cassette)
         .order_by(Interaction.id)
     )
+    if since:
+        stmt = stmt.where(Interaction.id >= since)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [Stamp(r.id, r.started_at, r.request_size or 0, Outcome(r.outcome)) for r in rows]
