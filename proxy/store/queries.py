@@ -106,11 +106,17 @@ async def require(source: Source, name: str) -> int:
 
 
 async def interactions(
-    source: Source, cassette: str, *, required: bool = False, finished_only: bool = False
+    source: Source,
+    cassette: str,
+    *,
+    required: bool = False,
+    finished_only: bool = False,
+    after: int = 0,
 ) -> list[StoredInteraction]:
     """A cassette's interactions in recording order (none for a cassette that does not
     exist, or `CassetteNotFound` when `required`). `finished_only` leaves out those still
-    being recorded."""
+    being recorded; `after` those whose id is not above it (`number` then counts from the
+    first one returned)."""
     stmt = (
         select(
             Interaction.id,
@@ -134,6 +140,8 @@ async def interactions(
     )
     if finished_only:
         stmt = stmt.where(Interaction.outcome != Outcome.RECORDING.value)
+    if after:
+        stmt = stmt.where(Interaction.id > after)
     async with connected(source) as conn:
         if required:
             await require(conn, cassette)
