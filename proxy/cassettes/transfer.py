@@ -22,6 +22,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
+from proxy.cassettes.bulk import BulkInsert
 from proxy.cassettes.file_format import Header, Recorded
 from proxy.cassettes.files import open_regular
 from proxy.core.records import Outcome, check_cassette_name
@@ -29,7 +30,7 @@ from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
 from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
 from proxy.store import queries
-from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Cassette, Interaction
 
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
@@ -219,15 +220,17 @@ async def import_file(
         cassette_id = await _emptied(conn, target, existing, replace, "--as NAME")
         count = n_events = 0
         h = hashlib.sha256()
+        bulk = BulkInsert(conn, cassette_id)
         for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
             if isinstance(item, Header):
                 h.update(cassette_file.header_line(target, item.interactions))
                 continue
             for line in cassette_file.interaction_lines(item):
                 h.update(line)
-            await _insert(conn, cassette_id, _redacted(item, redactor or Redactor()))
+            await bulk.add(_redacted(item, redactor or Redactor()))
             count += 1
             n_events += len(item.events)
+        await bulk.flush()
         if h.hexdigest() != sha:
             raise CassetteFileError(None, "the file changed while it was being imported", str(path))
         status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
@@ -307,8 +310,10 @@ async def _store_records(
         if await digest(conn, target) == sha:
             return Imported(target, ImportStatus.UNCHANGED, len(recs), n_events, redacted)
     cassette_id = await _emptied(conn, target, existing, replace)
+    bulk = BulkInsert(conn, cassette_id)
     for rec in recs:
-        await _insert(conn, cassette_id, rec)
+        await bulk.add(rec)
+    await bulk.flush()
     status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
     return Imported(target, status, len(recs), n_events, redacted)
 
@@ -347,35 +352,3 @@ def find_secrets(
         findings.extend((line + (f.event or 0), f) for f in found)
         line += len(item.events)
     return findings
-
-
-async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
-    result = await conn.execute(
-        insert(Interaction)
-        .values(
-            cassette_id=cassette_id,
-            method=rec.request.method,
-            url=rec.request.url,
-            request_headers=[list(h) for h in rec.request.headers],
-            request_body=rec.request.body,
-            status=rec.response.status,
-            response_headers=[list(h) for h in rec.response.headers],
-            outcome=rec.outcome.value,
-            error=rec.error,
-            started_at=rec.recorded_at,
-            ttfb_ms=rec.ttfb_ms,
-            duration_ms=rec.duration_ms,
-            event_count=len(rec.events),
-            body_size=sum(len(e.data) for e in rec.events),
-        )
-        .returning(Interaction.id)
-    )
-    interaction_id = int(result.scalar_one())
-    if rec.events:
-        await conn.execute(
-            insert(Event),
-            [
-                {"interaction_id": interaction_id, "seq": i, "t_ms": e.t_ms, "data": e.data}
-                for i, e in enumerate(rec.events)
-            ],
-        )

@@ -1,0 +1,94 @@
+"""Recorded interactions into the store in batches (imports): one statement for a batch's
+interactions (and one to read their ids back, on SQLite), and one for all their events,
+instead of two round trips an interaction. A batch is sent once it holds `MAX_ROWS` interactions or
+`MAX_BYTES` of bodies, so memory is bounded by bytes, not by the cassette."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from proxy.cassettes.file_format import Recorded
+from proxy.store.models import Event, Interaction
+
+MAX_ROWS = 500
+"""Interactions a batch holds at most."""
+MAX_BYTES = 8 * 2**20
+"""Request and response bytes a batch holds at most (one larger interaction goes alone)."""
+
+
+class BulkInsert:
+    """Interactions added to one cassette, sent a batch at a time (`flush` the rest)."""
+
+    def __init__(self, conn: AsyncConnection, cassette_id: int):
+        self._conn = conn
+        self._cassette_id = cassette_id
+        self._batch: list[Recorded] = []
+        self._bytes = 0
+        self.statements = 0  # sent so far (what a test counts)
+        self._last: int | None = None  # SQLite: the last interaction id inserted
+
+    async def add(self, rec: Recorded) -> None:
+        self._batch.append(rec)
+        self._bytes += len(rec.request.body) + sum(len(e.data) for e in rec.events)
+        if len(self._batch) >= MAX_ROWS or self._bytes >= MAX_BYTES:
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._batch, self._bytes = self._batch, [], 0
+        if not batch:
+            return
+        ids = await self._insert([self._row(rec) for rec in batch])
+        events: list[dict[str, Any]] = [
+            {"interaction_id": interaction_id, "seq": seq, "t_ms": e.t_ms, "data": e.data}
+            for interaction_id, rec in zip(ids, batch, strict=True)
+            for seq, e in enumerate(rec.events)
+        ]
+        if events:
+            await self._conn.execute(insert(Event), events)
+            self.statements += 1
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert the interactions; their ids, in order. SQLite returns the rows of an
+        `INSERT ... RETURNING` in no set order (and SQLAlchemy then sends one row a
+        statement): there, the ids are read back, this cassette's above the last ones, in
+        the import's transaction (which holds SQLite's one write lock)."""
+        conn = self._conn
+        if conn.dialect.name != "sqlite":
+            result = await conn.execute(
+                insert(Interaction).returning(Interaction.id, sort_by_parameter_order=True), rows
+            )
+            self.statements += 1
+            return [int(i) for i in result.scalars().all()]
+        mine = Interaction.cassette_id == self._cassette_id
+        if self._last is None:
+            self._last = await conn.scalar(select(func.max(Interaction.id)).where(mine)) or 0
+        await conn.execute(insert(Interaction), rows)
+        found = await conn.scalars(
+            select(Interaction.id).where(mine, Interaction.id > self._last).order_by(Interaction.id)
+        )
+        ids = [int(i) for i in found]
+        assert len(ids) == len(rows), "interactions inserted meanwhile by someone else"
+        self._last = ids[-1]
+        self.statements += 2
+        return ids
+
+    def _row(self, rec: Recorded) -> dict[str, Any]:
+        return {
+            "cassette_id": self._cassette_id,
+            "method": rec.request.method,
+            "url": rec.request.url,
+            "request_headers": [list(h) for h in rec.request.headers],
+            "request_body": rec.request.body,
+            "status": rec.response.status,
+            "response_headers": [list(h) for h in rec.response.headers],
+            "outcome": rec.outcome.value,
+            "error": rec.error,
+            "started_at": rec.recorded_at,
+            "ttfb_ms": rec.ttfb_ms,
+            "duration_ms": rec.duration_ms,
+            "event_count": len(rec.events),
+            "body_size": sum(len(e.data) for e in rec.events),
+        }
