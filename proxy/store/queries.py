@@ -210,24 +210,44 @@ async def events(source: Source, interaction_id: int) -> list[EventRecord]:
     ]
 
 
-async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int, Page]:
-    """The events of every finished interaction of a cassette whose body is `max_size` bytes
-    or less, by interaction id, in order."""
-    stmt = (
-        select(Event.interaction_id, Event.t_ms, Event.data)
-        .join(Interaction)
+async def small_bodies_from(
+    source: Source, cassette: str, max_size: int, first_id: int, count: int, max_bytes: int
+) -> dict[int, Page]:
+    """The events of finished interactions of a cassette whose body is `max_size` bytes or
+    less, by interaction id, in order: from id `first_id` on, in recording order, at most
+    `count` of them and `max_bytes` of bodies (at least the first)."""
+    sizes = (
+        select(Interaction.id, Interaction.body_size)
         .join(Cassette)
         .where(
             Cassette.name == cassette,
+            Interaction.id >= first_id,
             Interaction.body_size <= max_size,
             Interaction.outcome != Outcome.RECORDING.value,
         )
-        .order_by(Event.interaction_id, Event.seq)
+        .order_by(Interaction.id)
+        .limit(count)
     )
     bodies: dict[int, Page] = {}
     async with connected(source) as conn:
-        for row in await conn.execute(stmt):
+        ids: list[int] = []
+        total = 0
+        for size_row in await conn.execute(sizes):
+            total += size_row.body_size
+            if ids and total > max_bytes:
+                break
+            ids.append(size_row.id)
+        if not ids:
+            return bodies
+        events = (
+            select(Event.interaction_id, Event.t_ms, Event.data)
+            .where(Event.interaction_id.in_(ids))
+            .order_by(Event.interaction_id, Event.seq)
+        )
+        for row in await conn.execute(events):
             bodies.setdefault(row.interaction_id, []).append((row.t_ms, row.data))
+    for interaction_id in ids:
+        bodies.setdefault(interaction_id, [])  # an empty body is a body too
     return bodies
 
 

@@ -20,6 +20,7 @@ from proxy.cassettes import file_format, transfer
 from proxy.cassettes.bulk import MAX_ROWS
 from proxy.config import database_url
 from proxy.core.records import Event, Outcome, Request, ResponseHead
+from proxy.serve.replay import READ_AHEAD
 from proxy.serve.state import SERVICES
 from proxy.store import migrate, queries
 from proxy.store.engine import create_engine
@@ -121,3 +122,29 @@ async def test_a_miss_reads_again_only_what_another_proxy_recorded_since(
     assert "interactions.id >=" in statement
     assert newest in tuple(parameters)
     assert [e.request_size for e in replayer.app[SERVICES].index.entries("c")] == [8] * 6
+
+
+async def test_small_bodies_are_read_as_replays_ask_for_them_a_page_at_a_time(
+    tmp_path: Path, db_path: Path, start_proxy: StartProxy
+) -> None:
+    """The first replay reads its body and those recorded after it (`READ_AHEAD`), not every
+    body of the cassette; replaying 600 of 1,000 recordings in order reads 3 pages."""
+    count = 1_000
+    path = tmp_path / "c.cassette.jsonl"
+    path.write_bytes(file_format.dump("c", (recorded(n) for n in range(count))))
+    engine = create_engine(database_url(str(db_path)), writer=True)
+    try:
+        await migrate.upgrade(engine)
+        await transfer.import_file(engine, path)
+    finally:
+        await engine.dispose()
+    proxy = await start_proxy(URL.removesuffix("/v1/chat/completions"), mode="replay", cassette="c")
+    url = proxy.make_url("/v1/chat/completions")
+    async with aiohttp.ClientSession() as client:
+        with statements(proxy.app[SERVICES].reader) as sent:
+            for n in range(600):
+                async with client.post(url, json={"q": n}) as response:
+                    assert await response.read() == f'{{"a": {n}}}'.encode()
+    bodies = [p for s, p in sent if s.lstrip().startswith("SELECT events.interaction_id")]
+    assert len(bodies) == 3
+    assert [len(p) for p in bodies] == [READ_AHEAD] * 3
