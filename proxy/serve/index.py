@@ -122,9 +122,22 @@ _PRUNE_AT_LEAST = 256
 """Entries of a cassette not loaded yet, before the committed ones are pruned."""
 
 
+INDEX_ENTRIES = 200_000
+"""Recordings the index holds across cassettes; past it, the least recently used cassettes
+are let go (their run's counters kept): memory bounded whatever the store holds."""
+
+
 class Index:
-    def __init__(self, engine: AsyncEngine, rules: MatchRules, redactor: Redactor | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rules: MatchRules,
+        redactor: Redactor | None = None,
+        *,
+        max_entries: int = INDEX_ENTRIES,
+    ):
         self._engine = engine
+        self._max_entries = max_entries
         self.rules = rules
         self._redactor = redactor or Redactor()  # what a miss message may not quote
         self._cassettes: dict[str, _Cassette] = {}
@@ -168,14 +181,35 @@ class Index:
             cassette.stale = True
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
-        cassette = self._cassettes.get(name)
-        if cassette is not None and not cassette.stale and not reload:
-            return cassette  # loaded (a miss reloads it, under the lock)
+        cassette = self._cassettes.pop(name, None)
+        if cassette is not None:
+            self._cassettes[name] = cassette  # the most recently used, last
+            if not cassette.stale and not reload:
+                return cassette  # loaded (a miss reloads it, under the lock)
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
             if cassette is None or cassette.stale or not await self._refresh(name, cassette):
                 self._cassettes[name] = cassette = await self._load(name, cassette)
+                self._evict(keep=name)
             return cassette
+
+    def _evict(self, keep: str) -> None:
+        """Let the least recently used cassettes go until the index holds `max_entries`
+        recordings or fewer: they are read again when used (a run's counters and this
+        process's recordings still in flight are kept)."""
+        held = sum(len(c.entries) for c in self._cassettes.values())
+        for name in list(self._cassettes):
+            if held <= self._max_entries:
+                break
+            c = self._cassettes[name]
+            if name == keep or c.stale:
+                continue
+            in_flight = [e for e in c.entries if not e.committed.is_set()]
+            held -= len(c.entries) - len(in_flight)
+            self._cassettes[name] = _Cassette(entries=in_flight, used=c.used, stale=True)
+            log.debug("cassette %r let go from the replay index (read again when used)", name)
+        if len(self._keys) > 2 * self._max_entries:
+            self._keys.clear()  # a shortcut only: keys are computed again when not found
 
     async def _refresh(self, name: str, c: _Cassette) -> bool:
         """Add what the store recorded in the cassette since it was read (another proxy
