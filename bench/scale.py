@@ -4,7 +4,7 @@ For each size (``--sizes 1000,50000,1000000``; the default is the small one), a 
 file of that many small chat requests (~300 B each, answered with two events) is written
 and imported with ``rrproxy import`` (MB/s); a replay proxy starts on that store (time until
 it answers ``/_rrproxy/health``), answers its first replay (the cassette's first read),
-then ``--requests`` distinct replays, ``--concurrency`` at a time (p50, p99, requests/s,
+then ``--scale-requests`` distinct replays, ``--scale-concurrency`` at a time (p50, p99, requests/s,
 proxy CPU per request from ``/proc``), one miss (its time, and the replays answered while
 it was explained), and the proxy's RSS; then ``rrproxy export`` writes the cassette back
 (MB/s). ``--dir-recordings K`` records K interactions through a proxy with
@@ -119,7 +119,7 @@ async def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str,
         figures["start_s"] = time.perf_counter() - started
         url = proxy.url + payload.SMALL_PATH
         figures["first_replay_ms"] = await _replay(session, url, 0)
-        count = min(args.requests, n)
+        count = min(args.scale_requests, n)
         todo = iter(range(0, n, max(1, n // count)))
         times: list[float] = []
 
@@ -129,7 +129,7 @@ async def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str,
 
         cpu = procs.cpu_seconds(proxy.pid)
         wall = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker() for _ in range(args.scale_concurrency)))
         wall = time.perf_counter() - wall
         figures["cpu_ms_per_replay"] = (procs.cpu_seconds(proxy.pid) - cpu) * 1000 / len(times)
         figures["replay_p50_ms"] = percentile(times, 50)
@@ -209,8 +209,8 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=int, default=2000, help="replays per size")
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--scale-requests", type=int, default=2000, help="replays per size")
+    parser.add_argument("--scale-concurrency", type=int, default=16, help="replays at a time")
     parser.add_argument(
         "--dir-recordings", type=int, default=200, help="cassette-directory recordings (0: none)"
     )
