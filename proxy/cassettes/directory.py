@@ -84,7 +84,11 @@ class CassetteDir:
 
     async def load(self) -> LoadReport:
         """Import each changed file; drop cassettes whose file is gone."""
-        report = LoadReport()
+        await self.prepare()
+        return await self.load_files()
+
+    async def prepare(self) -> None:
+        """Make sure the directory exists (`ConfigError` if it cannot be one)."""
         try:
             await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
@@ -92,6 +96,10 @@ class CassetteDir:
                 f"cassette_dir = {str(self.path)!r}: cannot use it as a directory "
                 f"({exc.strerror or exc})"
             ) from None
+
+    async def load_files(self) -> LoadReport:
+        """Import each changed file; drop cassettes whose file is gone (see `load`)."""
+        report = LoadReport()
         async with self._writer.connect() as conn:
             known = await maintenance.file_hashes(conn)
         present: set[str] = set()

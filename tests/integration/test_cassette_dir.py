@@ -107,6 +107,8 @@ async def test_unchanged_files_are_not_loaded_again(
     caplog.clear()
 
     proxy = await start_proxy(upstream, mode="replay", cassette="c", cassette_dir=str(cassettes))
+    # The directory loads in the background: a request waits for it rather than missing.
+    assert (await ask(proxy.make_url("/v1/stream"), "one"))[0] == "replayed"
     await proxy.close()
     assert "0 loaded, 1 unchanged, 0 removed, 0 skipped" in caplog.text
     assert interactions(db_path) == before  # same rows, same ids
