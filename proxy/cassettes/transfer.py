@@ -66,22 +66,45 @@ async def _recorded(
     heads = await queries.interactions(conn, name, required=True, finished_only=finished_only)
 
     async def each() -> AsyncIterator[Recorded]:
-        for head in heads:
-            outcome, error = head.outcome, head.error
-            if outcome is Outcome.RECORDING:
-                outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
-            yield Recorded(
-                request=head.request,
-                response=head.response,
-                outcome=outcome,
-                error=error,
-                recorded_at=head.recorded_at,
-                ttfb_ms=head.ttfb_ms,
-                duration_ms=head.duration_ms,
-                events=tuple(await queries.events(conn, head.id)),
-            )
+        for group in _groups(heads):
+            events = await queries.events_of(conn, [head.id for head in group])
+            for head in group:
+                outcome, error = head.outcome, head.error
+                if outcome is Outcome.RECORDING:
+                    outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
+                yield Recorded(
+                    request=head.request,
+                    response=head.response,
+                    outcome=outcome,
+                    error=error,
+                    recorded_at=head.recorded_at,
+                    ttfb_ms=head.ttfb_ms,
+                    duration_ms=head.duration_ms,
+                    events=tuple(events.pop(head.id)),
+                )
 
     return len(heads), each()
+
+
+_GROUP = 256
+"""Interactions whose events an export reads in one query..."""
+_GROUP_BYTES = 8 * 2**20
+"""...holding at most this many bytes of bodies (a larger one is read alone)."""
+
+
+def _groups(
+    heads: Sequence[queries.StoredInteraction],
+) -> Iterator[list[queries.StoredInteraction]]:
+    group: list[queries.StoredInteraction] = []
+    size = 0
+    for head in heads:
+        if group and (len(group) == _GROUP or size + head.size > _GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(head)
+        size += head.size
+    if group:
+        yield group
 
 
 async def _lines(

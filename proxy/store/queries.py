@@ -210,6 +210,21 @@ async def events(source: Source, interaction_id: int) -> list[EventRecord]:
     ]
 
 
+async def events_of(source: Source, ids: Sequence[int]) -> dict[int, list[EventRecord]]:
+    """The events of several interactions in one query, by interaction id, in order (an
+    interaction without events: an empty list)."""
+    found: dict[int, list[EventRecord]] = {i: [] for i in ids}
+    stmt = (
+        select(Event.interaction_id, Event.t_ms, Event.data)
+        .where(Event.interaction_id.in_(ids))
+        .order_by(Event.interaction_id, Event.seq)
+    )
+    async with connected(source) as conn:
+        for row in await conn.execute(stmt):
+            found[row.interaction_id].append(EventRecord(row.t_ms, row.data))
+    return found
+
+
 async def small_bodies_from(
     source: Source, cassette: str, max_size: int, first_id: int, count: int, max_bytes: int
 ) -> dict[int, Page]:
