@@ -30,14 +30,18 @@ READ_AHEAD = 256
 """Small bodies read at once: the one a replay needs and those recorded after it."""
 READ_AHEAD_BYTES = 4 * 2**20
 """...at most this many bytes of them."""
+FIRST_READ = 16_384
+"""Small bodies the first replay of a cassette reads (from its first recording on), within
+half the cache's bytes: all of a cassette of common size, in one query."""
 
 
 class Bodies:
     """Where replayed events come from: the store, a page at a time, with small bodies kept
     in memory (least recently used out first, within `max_bytes`) so that a repeated replay
-    reads nothing. A small body not in memory is read with those recorded after it
-    (`READ_AHEAD` of them, in one query): a replay run asks for them in that order, and
-    nothing is read of the rest of the cassette."""
+    reads nothing. The first replay of a cassette reads its first `FIRST_READ` small bodies
+    (within half the cache); a small body not in memory after that is read with those
+    recorded after it (`READ_AHEAD` of them, in one query): a replay run asks for them in
+    that order. What is read is bounded by bytes, whatever the cassette holds."""
 
     def __init__(
         self, engine: AsyncEngine, *, max_bytes: int = 64 * 2**20, small: int = 256 * 2**10
@@ -48,6 +52,7 @@ class Bodies:
         self._cached: OrderedDict[int, Page] = OrderedDict()
         self._size = 0
         self._reading: dict[str, asyncio.Lock] = {}
+        self._first_read: set[str] = set()
 
     def forget(self, interaction_id: int) -> None:
         """Drop one body: SQLite may give a deleted interaction's id to a new one."""
@@ -59,6 +64,7 @@ class Bodies:
         """Forget every cached body (the store may have changed under this process)."""
         self._cached.clear()
         self._size = 0
+        self._first_read.clear()
 
     def is_small(self, body_size: int) -> bool:
         return body_size <= self._small
@@ -71,12 +77,19 @@ class Bodies:
         async with lock:
             if interaction_id in self._cached:
                 return
-            budget = min(READ_AHEAD_BYTES, self._max_bytes // 4)
+            if cassette not in self._first_read:
+                self._first_read.add(cassette)
+                first, count, budget = 0, FIRST_READ, self._max_bytes // 2
+            else:
+                first, count = interaction_id, READ_AHEAD
+                budget = min(READ_AHEAD_BYTES, self._max_bytes // 4)
             bodies = await queries.small_bodies_from(
-                self._engine, cassette, self._small, interaction_id, READ_AHEAD, budget
+                self._engine, cassette, self._small, first, count, budget
             )
             for read_id, events in bodies.items():
                 self._keep(read_id, events, sum(len(d) for _, d in events))
+        if interaction_id not in self._cached and first == 0:
+            await self._read_ahead(cassette, interaction_id)  # beyond the first read
 
     async def pages(
         self, cassette: str, interaction_id: int, body_size: int

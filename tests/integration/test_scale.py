@@ -20,7 +20,7 @@ from proxy.cassettes import file_format, transfer
 from proxy.cassettes.bulk import MAX_ROWS
 from proxy.config import database_url
 from proxy.core.records import Event, Outcome, Request, ResponseHead
-from proxy.serve.replay import READ_AHEAD
+from proxy.serve.replay import READ_AHEAD, Bodies
 from proxy.serve.state import SERVICES
 from proxy.store import migrate, queries
 from proxy.store.engine import create_engine
@@ -124,11 +124,12 @@ async def test_a_miss_reads_again_only_what_another_proxy_recorded_since(
     assert [e.request_size for e in replayer.app[SERVICES].index.entries("c")] == [8] * 6
 
 
-async def test_small_bodies_are_read_as_replays_ask_for_them_a_page_at_a_time(
+async def test_small_bodies_are_read_in_pages_bounded_by_bytes(
     tmp_path: Path, db_path: Path, start_proxy: StartProxy
 ) -> None:
-    """The first replay reads its body and those recorded after it (`READ_AHEAD`), not every
-    body of the cassette; replaying 600 of 1,000 recordings in order reads 3 pages."""
+    """The first replay of a cassette reads its small bodies in one query, within half the
+    cache's bytes (here all 1,000: 600 replays, one query); past that budget, a body is read
+    with the `READ_AHEAD` recorded after it, never the whole cassette."""
     count = 1_000
     path = tmp_path / "c.cassette.jsonl"
     path.write_bytes(file_format.dump("c", (recorded(n) for n in range(count))))
@@ -145,6 +146,23 @@ async def test_small_bodies_are_read_as_replays_ask_for_them_a_page_at_a_time(
             for n in range(600):
                 async with client.post(url, json={"q": n}) as response:
                     assert await response.read() == f'{{"a": {n}}}'.encode()
-    bodies = [p for s, p in sent if s.lstrip().startswith("SELECT events.interaction_id")]
-    assert len(bodies) == 3
-    assert [len(p) for p in bodies] == [READ_AHEAD] * 3
+    assert [len(p) for s, p in sent if s.lstrip().startswith(EVENTS)] == [count]
+    # A cache of 4,000 bytes: the first read holds 2,000 bytes of bodies, then pages.
+    reader = create_engine(database_url(str(db_path)))
+    try:
+        bodies = Bodies(reader, max_bytes=4_000)
+        ids = [e.interaction_id for e in proxy.app[SERVICES].index.entries("c")]
+        with statements(reader) as sent:
+            for n, interaction_id in enumerate(ids[:600]):
+                assert interaction_id is not None
+                events = await bodies.small_body("c", interaction_id, 10)
+                assert b"".join(data for _, data in events) == f'{{"a": {n}}}'.encode()
+    finally:
+        await reader.dispose()
+    pages = [len(p) for s, p in sent if s.lstrip().startswith(EVENTS)]
+    assert 2 < len(pages) < 20
+    assert pages[0] < count
+    assert all(size <= READ_AHEAD for size in pages[1:])
+
+
+EVENTS = "SELECT events.interaction_id"
