@@ -128,17 +128,22 @@ async def export(
     allow_secrets: bool = False,
     finished_only: bool = False,
     redactor: Redactor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Write the cassette file to `out`; returns the number of interactions. Raises
     `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`.
-    `redactor` says which header and query names are credentials (the defaults if None)."""
+    `redactor` says which header and query names are credentials (the defaults if None).
+    `progress(done, total)` is told of each interaction written."""
     findings: list[tuple[int, Finding]] = []
     interactions = 0
     async with engine.connect() as conn:
+        total = (await queries.counts(conn, name))[0] if progress is not None else 0
         async for number, rec, line in _lines(conn, name, finished_only=finished_only):
             out.write(line)
             if rec is not None:
                 interactions += 1
+                if progress is not None:
+                    progress(interactions, total)
                 if not allow_secrets:
                     found = [
                         *scan_request(rec.request, redactor),
@@ -221,6 +226,7 @@ async def import_file(
     max_bytes: int = cassette_file.MAX_FILE_BYTES,
     then: Callable[[AsyncConnection, Imported], Awaitable[None]] | None = None,
     redactor: Redactor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Imported:
     """Import a cassette file in one transaction, all or nothing. Secrets are redacted as
     they are when recording (`redactor`; the built-in lists by default): a hand-written
@@ -229,6 +235,7 @@ async def import_file(
     The same content again changes nothing; other content under an existing name needs
     `replace` (the cassette keeps its identity; its interactions are swapped). `then` runs
     in the same transaction (the cassette directory records the file's hash with it).
+    `progress(done, total)` is told of each interaction stored.
     """
     header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
     target = check_cassette_name(name or header.name)
@@ -253,6 +260,8 @@ async def import_file(
             await bulk.add(_redacted(item, redactor or Redactor()))
             count += 1
             n_events += len(item.events)
+            if progress is not None:
+                progress(count, header.interactions)
         await bulk.flush()
         if h.hexdigest() != sha:
             raise CassetteFileError(None, "the file changed while it was being imported", str(path))
