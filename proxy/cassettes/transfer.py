@@ -212,6 +212,14 @@ def check_file(
     return header, h.hexdigest()
 
 
+def _header(path: Path, max_bytes: int) -> Header:
+    """A cassette file's header line, checked (blocking; the rest is not read)."""
+    with open_regular(path, max_bytes=max_bytes) as f:
+        header = next(cassette_file.read(f, source=str(path)))
+    assert isinstance(header, Header)  # `read` yields the header first or raises
+    return header
+
+
 def _read(path: Path, *, max_bytes: int, max_line: int) -> Iterator[Header | Recorded]:
     with open_regular(path, max_bytes=max_bytes) as f:
         yield from cassette_file.read(f, source=str(path), max_line=max_line)
@@ -236,11 +244,20 @@ async def import_file(
     `replace` (the cassette keeps its identity; its interactions are swapped). `then` runs
     in the same transaction (the cassette directory records the file's hash with it).
     `progress(done, total)` is told of each interaction stored.
+
+    A cassette new to the store is read once, inside the transaction (a bad line rolls it
+    back); one already there is first checked and hashed outside it, to tell whether the
+    file holds anything new.
     """
-    header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
+    header = await asyncio.to_thread(_header, path, max_bytes)
     target = check_cassette_name(name or header.name)
+    sha: str | None = None
+    if await queries.cassette_id(engine, target) is not None:
+        header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
     async with engine.begin() as conn:
         existing = await queries.cassette_id(conn, target)
+        if existing is not None and sha is None:  # made meanwhile
+            header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
         if existing is not None and await digest(conn, target) == sha:
             count, n_events = await queries.counts(conn, target)
             result = Imported(target, ImportStatus.UNCHANGED, count, n_events)
@@ -255,15 +272,16 @@ async def import_file(
             if isinstance(item, Header):
                 h.update(cassette_file.header_line(target, item.interactions))
                 continue
-            for line in cassette_file.interaction_lines(item):
-                h.update(line)
+            if sha is not None:  # to compare with the first reading
+                for line in cassette_file.interaction_lines(item):
+                    h.update(line)
             await bulk.add(_redacted(item, redactor or Redactor()))
             count += 1
             n_events += len(item.events)
             if progress is not None:
                 progress(count, header.interactions)
         await bulk.flush()
-        if h.hexdigest() != sha:
+        if sha is not None and h.hexdigest() != sha:
             raise CassetteFileError(None, "the file changed while it was being imported", str(path))
         status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
         result = Imported(target, status, count, n_events)
