@@ -7,6 +7,7 @@ value fails the same way wherever it came from: one line naming the key and its 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import secrets
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.hosts import check_pattern
 from proxy.core.matching import MatchRules
+from proxy.core.prices import Prices, parse_prices
 from proxy.core.records import check_cassette_name
 from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS, Redactor
 from proxy.errors import ConfigError
@@ -44,6 +46,30 @@ class Pace:
         if self.factor is None:
             return "instant"
         return "recorded" if self.factor == 1 else f"{self.factor:g}"
+
+
+DEFAULT_RERECORD_HEADERS: tuple[tuple[str, str], ...] = (
+    ("Authorization", "Bearer ${OPENAI_API_KEY}"),
+    ("X-Api-Key", "${ANTHROPIC_API_KEY}"),
+)
+"""What `rrproxy rerecord` puts in place of a redacted header: `${VAR}` is read from the
+caller's environment. Only headers the recording holds (as `[REDACTED]`) are filled."""
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(v: Any) -> float:
+    """`30d`, `12h`, `90m`, `45s`, `2w` (or a number of seconds) to seconds."""
+    text = str(v).strip().lower()
+    unit = _DURATION.get(text[-1:]) if text else None
+    number = text[:-1] if unit else text
+    try:
+        x = float(number) * (unit or 1)
+    except ValueError:
+        x = -1.0
+    if isinstance(v, bool) or not (x > 0 and math.isfinite(x)):
+        raise ValueError("must be a duration such as 30d, 12h, 90m, 45s or 2w")
+    return x
 
 
 @dataclass(frozen=True)
@@ -72,7 +98,14 @@ class Settings:
     allow_hosts: tuple[str, ...] = ()
     allow_remote: bool = False
     routes: tuple[tuple[str, str], ...] = ()  # (path prefix, upstream URL), longest first
+    # What errors call the setting behind `upstream` (prefix "") or a route (its prefix),
+    # for a front end with names of its own (the pytest plugin); else the config's names.
+    upstream_labels: tuple[tuple[str, str], ...] = ()
     admin_hosts: tuple[str, ...] = ()  # Host names /_rrproxy/ answers, besides its own address
+    # guardrails and the ledger
+    max_age: float | None = None  # seconds: replaying an older recording warns (strict: fails)
+    prices: Prices = ()  # US$ per million tokens, per model ([prices])
+    rerecord_headers: tuple[tuple[str, str], ...] = DEFAULT_RERECORD_HEADERS
     # This proxy's name in the Rrproxy-Hops header of forwarded requests (loop detection).
     hop_id: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)
 
@@ -229,6 +262,36 @@ def _routes(v: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(routes.items(), key=lambda r: -len(r[0])))
 
 
+def _prices(v: Any) -> Prices:
+    if isinstance(v, str):  # RRPROXY_PRICES: the table as JSON
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise ValueError(
+                'must be a table, or JSON such as {"gpt-4o": {"input": 2.5, "output": 10}}'
+            ) from None
+    return parse_prices(v)
+
+
+def _header_templates(v: Any) -> tuple[tuple[str, str], ...]:
+    """`{Authorization = "Bearer ${OPENAI_API_KEY}"}`: each replaces the default of that
+    name (any case); the others stay."""
+    if isinstance(v, str):  # RRPROXY_RERECORD_HEADERS: Name=template,Name=template
+        entries = _names(v)
+        if not all("=" in e for e in entries):
+            raise ValueError("must map header names to templates, as X-Api-Key=${MY_KEY}")
+        v = dict((n.strip(), t.strip()) for n, t in (e.split("=", 1) for e in entries))
+    if not isinstance(v, dict) or not all(
+        isinstance(k, str) and k and isinstance(t, str) for k, t in v.items()
+    ):
+        raise ValueError(
+            'must be a table of header names and templates, such as {"X-Api-Key" = "${MY_KEY}"}'
+        )
+    given = {k.lower() for k in v}
+    kept = [(n, t) for n, t in DEFAULT_RERECORD_HEADERS if n.lower() not in given]
+    return (*kept, *v.items())
+
+
 def _cassette(v: Any) -> str:
     return check_cassette_name(_str(v))
 
@@ -293,6 +356,9 @@ KEYS: tuple[Key, ...] = (
     Key(None, "allow_remote", _bool, _set("allow_remote")),
     Key(None, "routes", _routes, _set("routes")),
     Key(None, "admin_hosts", _host_patterns, _set("admin_hosts")),
+    Key(None, "max_age", parse_duration, _set("max_age")),
+    Key(None, "prices", _prices, _set("prices")),
+    Key("rerecord", "headers", _header_templates, _set("rerecord_headers")),
 )
 KEYS_BY_NAME = {k.dotted: k for k in KEYS}
 CONFIG_VARIABLE = ENV_PREFIX + "CONFIG"  # names the TOML file

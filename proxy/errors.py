@@ -53,6 +53,12 @@ class ReplayMiss(RrproxyError, LookupError):
     headers: ClassVar[dict[str, str]] = {"Rrproxy-Miss": "1"}
 
 
+class StaleRecording(ReplayMiss):
+    """Strict replay refused a recording older than `max_age`."""
+
+    error_type = "rrproxy_recording_stale"
+
+
 class CassetteNotFound(RrproxyError, LookupError):
     """No cassette of that name in the store."""
 
@@ -112,6 +118,10 @@ class SecretsFound(RrproxyError, ValueError):
             "if they are not secrets."
         )
         self.findings = findings
+
+
+class RerecordError(RrproxyError, RuntimeError):
+    """`rrproxy rerecord` stopped before it wrote anything; the message says why."""
 
 
 class FileChanged(RrproxyError, FileExistsError):

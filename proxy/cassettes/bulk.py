@@ -11,7 +11,10 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from proxy.cassettes.file_format import Recorded
+from proxy.store import ledger
 from proxy.store.models import Event, Interaction
+from proxy.store.models import Usage as UsageRow
+from proxy.store.writes import usage_row
 
 MAX_ROWS = 500
 """Interactions a batch holds at most."""
@@ -48,6 +51,15 @@ class BulkInsert:
         ]
         if events:
             await self._conn.execute(insert(Event), events)
+            self.statements += 1
+        usage = [
+            usage_row(interaction_id, found)
+            for interaction_id, rec in zip(ids, batch, strict=True)
+            if rec.outcome.complete
+            and (found := ledger.usage_of_body(rec.response, rec.events)) is not None
+        ]
+        if usage:  # what the answers report they cost (see `store.ledger`)
+            await self._conn.execute(insert(UsageRow), usage)
             self.statements += 1
 
     async def _insert(self, rows: list[dict[str, Any]]) -> list[int]:
@@ -91,4 +103,5 @@ class BulkInsert:
             "duration_ms": rec.duration_ms,
             "event_count": len(rec.events),
             "body_size": sum(len(e.data) for e in rec.events),
+            "body_sha256": ledger.body_sha256(rec.events),
         }

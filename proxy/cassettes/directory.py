@@ -20,6 +20,7 @@ written are kept in the `cassette_files` table.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -84,13 +85,12 @@ class CassetteDir:
 
     async def load(self) -> LoadReport:
         """Import each changed file; drop cassettes whose file is gone."""
-        await self.prepare()
-        return await self.load_files()
+        return await self.load_files()  # which checks the directory first
 
-    async def prepare(self) -> None:
-        """Make sure the directory exists (`ConfigError` if it cannot be one)."""
+    async def prepare(self) -> list[Path]:
+        """The cassette files (`ConfigError` if the directory cannot be one)."""
         try:
-            await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
+            return await asyncio.to_thread(self._files)
         except OSError as exc:
             raise ConfigError(
                 f"cassette_dir = {str(self.path)!r}: cannot use it as a directory "
@@ -100,10 +100,11 @@ class CassetteDir:
     async def load_files(self) -> LoadReport:
         """Import each changed file; drop cassettes whose file is gone (see `load`)."""
         report = LoadReport()
+        files = await self.prepare()
         async with self._writer.connect() as conn:
             known = await maintenance.file_hashes(conn)
         present: set[str] = set()
-        for path in sorted(self.path.glob("*" + SUFFIX)):
+        for path in files:
             name = path.name.removesuffix(SUFFIX)
             try:
                 check_cassette_name(name)
@@ -124,6 +125,21 @@ class CassetteDir:
             report.removed.append(name)
         self._log(report)
         return report
+
+    def _files(self) -> list[Path]:
+        """The cassette files in the directory; none while it does not exist, as long as it
+        can be made: it is made when a first recording is written, so that a run that records
+        nothing (a replay in CI) leaves no empty directory behind."""
+        if self.path.exists():
+            if not self.path.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            return sorted(self.path.glob("*" + SUFFIX))
+        parent = next(p for p in self.path.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return []
 
     async def _load_file(
         self, path: Path, name: str, known: str | None, report: LoadReport
@@ -222,6 +238,7 @@ class CassetteDir:
                     "the store only, until a restart loads the file in their place (delete "
                     "the file instead to have it written anew)"
                 )
+        await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
         with atomic_write(path) as f:
             async with self._reader.connect() as conn:
                 _, tail = await appends.write_all(conn, name, f, self._redactor)

@@ -29,6 +29,10 @@ from proxy.store.queries import StoredInteraction
 
 
 def ls_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.older_than is not None:
+        from proxy.cli.stats import ls_older_than
+
+        return ls_older_than(settings, args)
     infos = run(settings, lambda s: queries.summaries(s.reader))
     if args.json:
         output.print_json({"cassettes": [output.cassette_json(i) for i in infos]})

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy import __version__
-from proxy.config import Mode, Settings, load_settings
+from proxy.config import Mode, Settings, load_settings, parse_duration
 from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError, RrproxyError
 
@@ -55,6 +55,13 @@ def _options() -> dict[str, argparse.ArgumentParser]:
 def _cassette_name(value: str) -> str:
     try:
         return check_cassette_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -124,6 +131,49 @@ def _cassette_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
         "ls", f"{module}:ls_command", "list the cassettes in the store", *shared, aliases=["list"]
     )
     ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument(
+        "--older-than",
+        metavar="AGE",
+        type=_duration,
+        help="only cassettes with recordings older than AGE (30d, 12h, 90m), and how many",
+    )
+
+    stats = command(
+        "stats",
+        "proxy.cli.stats:stats_command",
+        "tokens and money a replay of each cassette saves ([prices] in the config)",
+        *shared,
+    )
+    stats.add_argument("name", nargs="?", type=_cassette_name, metavar="CASSETTE")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+
+    rerecord = command(
+        "rerecord",
+        "proxy.cli.rerecord:rerecord_command",
+        "send a cassette's requests again, replace the answers, report how their shape changed",
+        *shared,
+    )
+    rerecord.add_argument("cassette", type=_cassette_name, metavar="CASSETTE")
+    rerecord.add_argument(
+        "--interaction",
+        type=int,
+        action="append",
+        metavar="N",
+        help="only interaction #N (as rrproxy show numbers them); may be repeated",
+    )
+    rerecord.add_argument("--match", metavar="URL-GLOB", help="only interactions whose URL matches")
+    rerecord.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a header to send in place of a redacted one (overrides [rerecord] headers)",
+    )
+    rerecord.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send and compare, write nothing (exit status 3 when a shape changed)",
+    )
 
     show = command(
         "show", f"{module}:show_command", "show a cassette's interactions and events", *shared

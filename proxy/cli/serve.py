@@ -6,19 +6,22 @@ import argparse
 import errno
 import gc
 import logging
+import os
 
 from aiohttp import web
 
 from proxy import __version__
+from proxy.cli.env import command_line
 from proxy.cli.store import check_location
-from proxy.config import Settings
+from proxy.config import CONFIG_VARIABLE, Settings
 from proxy.errors import ConfigError
 from proxy.serve.app import create_app
+from proxy.serve.state import RUN
 
 log = logging.getLogger("proxy")
 
 
-def serve_command(settings: Settings, _args: argparse.Namespace) -> int:
+def serve_command(settings: Settings, args: argparse.Namespace) -> int:
     check_location(settings, create=True)  # before the server starts: one line, no traceback
 
     def listening(_aiohttp_banner: str) -> None:  # called once the port is bound
@@ -34,9 +37,10 @@ def serve_command(settings: Settings, _args: argparse.Namespace) -> int:
         )
         log.info(
             "point an app at it: OPENAI_BASE_URL=%s/v1, ANTHROPIC_BASE_URL=%s (with "
-            '--upstream https://api.anthropic.com), or eval "$(rrproxy env)" for any host',
+            '--upstream https://api.anthropic.com), or eval "$(%s)" for any host',
             base,
             base,
+            command_line(settings, args.config or os.environ.get(CONFIG_VARIABLE)),
         )
 
     app = create_app(settings)
@@ -59,6 +63,12 @@ def serve_command(settings: Settings, _args: argparse.Namespace) -> int:
             "choose another --port or --host"
         ) from exc
     log.info("rrproxy stopped")  # the recorder has said so above if anything was not written
+    final = app[RUN].report.final
+    if settings.strict and final is not None and final.problems:
+        log.error(
+            "strict: the run had %d problem(s) (listed above); exit status 1", len(final.problems)
+        )
+        return 1
     return 0
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from proxy.core.usage import Usage
+
 Headers = tuple[tuple[str, str], ...]
 """Header pairs in the order they were sent; a name may repeat (Set-Cookie)."""
 
@@ -108,3 +110,5 @@ class Recording:
     duration_ms: float | None = None
     interaction_id: int | None = None
     dropped: bool = False
+    body_sha256: str | None = None  # of the body as it arrived, once it has ended
+    usage: Usage | None = None  # tokens its answer reports, once it has ended

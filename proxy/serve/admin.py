@@ -80,9 +80,23 @@ async def cassettes(request: web.Request) -> web.Response:
     )
 
 
+async def run(request: web.Request) -> web.Response:
+    """The current run: per cassette, replays served (verified or not), misses, recordings
+    made, stale replays, the recordings never used, and the tokens and money replayed."""
+    services = request.app[SERVICES]
+    try:  # recordings of this run count as used once their ids are known
+        await asyncio.wait_for(services.recorder.flush(), timeout=5)
+    except TimeoutError:
+        raise StoreError("the store has not taken the latest recordings within 5 s") from None
+    state = request.app[RUN]
+    summary = await state.report.summary(services.reader, state.cassette, services.settings.prices)
+    return web.json_response(summary.json())
+
+
 async def reset(request: web.Request) -> web.Response:
     """Start a new replay run: every counter back to zero, cassettes and bodies read again
     from the store (which `rrproxy import`/`rm` may have changed meanwhile)."""
+    request.app[RUN].report.reset()
     request.app[SERVICES].index.reset()
     request.app[SERVICES].bodies.clear()
     return web.json_response({"status": "reset", "cassette": request.app[RUN].cassette})
@@ -96,6 +110,7 @@ async def set_cassette(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     request.app[RUN].cassette = name
+    request.app[RUN].report.reset()
     request.app[SERVICES].index.reset()
     request.app[SERVICES].bodies.clear()
     return web.json_response({"status": "ok", "cassette": name})
@@ -116,6 +131,7 @@ ENDPOINTS: dict[str, dict[str, Handler]] = {
     "/health": {"GET": health},
     "/cassettes": {"GET": cassettes},
     "/reset": {"POST": reset},
+    "/run": {"GET": run},
     "/cassette": {"PUT": set_cassette},
 }
 """Each endpoint's path under `PREFIX` and its methods (GET answers HEAD too)."""

@@ -29,6 +29,7 @@ from proxy.serve.index import Index
 from proxy.serve.pipeline import handle
 from proxy.serve.recorder import Recorder
 from proxy.serve.replay import Bodies
+from proxy.serve.run_report import log_summary
 from proxy.serve.state import RUN, SERVICES, SETTINGS, RunState, Services
 from proxy.serve.upstream import client_session, upstream_ssl_context
 from proxy.store import maintenance
@@ -145,6 +146,24 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def run_report_ctx(app: web.Application) -> AsyncIterator[None]:
+    """On the way out, before the store closes: the last run's summary, logged, and kept in
+    `RunReport.final` (`rrproxy serve --strict` exits non-zero on its problems). Closed
+    first, before the cassette directory's context and the store's."""
+    yield
+    services, state = app[SERVICES], app[RUN]
+    try:
+        await asyncio.wait_for(services.recorder.flush(), app[SETTINGS].shutdown_timeout)
+        summary = await state.report.summary(
+            services.reader, state.cassette, services.settings.prices
+        )
+    except Exception as exc:  # the store failing at shutdown: said, not raised
+        log.error("could not sum up the run: %s", exc)
+        return
+    state.report.final = summary
+    log_summary(summary, strict=services.settings.strict, priced=bool(services.settings.prices))
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware], client_max_size=settings.max_request_body
@@ -154,6 +173,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DIR_LOADED] = asyncio.Event()
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(cassette_dir_ctx)  # after the store: loads files, writes them
+    app.cleanup_ctx.append(run_report_ctx)  # closed first: sums up the run at shutdown
 
     loaded = app[DIR_LOADED]
 

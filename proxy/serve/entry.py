@@ -36,6 +36,7 @@ class Entry:
     body: bytes | None = None
     sketch: Sketch | None = None  # computed when the cassette is (re)loaded
     row: Row | None = None  # once read from the store
+    body_sha256: str | None = None  # of the body as recorded: a replay must send the same
     committed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -100,6 +101,7 @@ def entry_of(stored: queries.StoredHead) -> Entry:
         stored.id,
         stored.body_size,
         stored.ttfb_ms,
+        body_sha256=stored.body_sha256,
     )
     entry.committed.set()
     return entry

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,14 +23,17 @@ from proxy.core.headers import NOT_FORWARDED, end_to_end
 from proxy.core.printable import printable
 from proxy.core.records import Outcome, Recording, Request, ResponseHead, check_cassette_name
 from proxy.core.sse import framer_for
-from proxy.errors import BadRequest, ReplayMiss, RequestTimeout
+from proxy.core.usage import UsageMeter
+from proxy.errors import BadRequest, ReplayMiss, RequestTimeout, StaleRecording
 from proxy.forward_proxy.policy import FORWARD_HOPS, HOPS, next_hops
 from proxy.serve.entry import Entry
 from proxy.serve.relay import Tee, relay
 from proxy.serve.replay import replay
-from proxy.serve.routing import upstream_url
+from proxy.serve.routing import setting_name, upstream_url
+from proxy.serve.run_report import RunReport, SentDigest
 from proxy.serve.state import RunState, Services
 from proxy.serve.upstream import response_head, send
+from proxy.store.queries import utc
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class _Call:
     wanted: Request  # what goes upstream
     stored: Request  # what is matched and recorded: `wanted` redacted
     t0: float  # loop time at the request's start
+    report: RunReport | None = None  # the run's counters (None: passthrough)
 
 
 async def handle(request: web.Request, services: Services, state: RunState) -> web.StreamResponse:
@@ -100,7 +105,8 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
     wanted = await upstream_request(request, services.settings)
     if ctl.mode is Mode.PASSTHROUGH:  # nothing to match, record or protect
         return await _forward(_Call(request, services, ctl, wanted, wanted, t0), key=None)
-    call = _Call(request, services, ctl, wanted, services.redactor.request(wanted), t0)
+    stored = services.redactor.request(wanted)
+    call = _Call(request, services, ctl, wanted, stored, t0, state.report)
     if ctl.mode is Mode.RECORD:  # matches nothing: the key waits until a replay needs it
         return await _forward(call, key=None)
     found = await services.index.resolve(
@@ -114,22 +120,81 @@ async def handle(request: web.Request, services: Services, state: RunState) -> w
         return await _replay(call, found)
     if ctl.mode is Mode.REPLAY:
         _log(ctl, call.stored, 404, found.log, 0, t0)
-        raise ReplayMiss(found.message)
+        state.report.missed(ctl.cassette)
+        raise ReplayMiss(_naming_the_setting(found.message, request, services.settings))
     return await _forward(call, key=found.key)  # auto: record it
 
 
+def _naming_the_setting(message: str, request: web.Request, settings: Settings) -> str:
+    """A miss whose closest recording went to another upstream says which setting chose
+    this request's upstream: that setting may be what is wrong, not the cassette."""
+    setting = setting_name(request, settings)
+    differences = message.partition(" differs: ")[2]
+    if setting is None or not any(d.startswith("upstream: ") for d in differences.split("; ")):
+        return message
+    return f"{message}. This request's upstream is set by {setting}"
+
+
 async def _replay(call: _Call, entry: Entry) -> web.StreamResponse:
-    ctl = call.ctl
+    ctl, settings, report = call.ctl, call.services.settings, call.report
+    assert report is not None and entry.interaction_id is not None
+    if settings.max_age is not None and entry.row is not None:
+        _check_age(call, entry, settings.max_age, report)
+    sent = SentDigest()
     response, events = await replay(
-        call.request, ctl.cassette, entry, call.services.bodies, ctl.pace, call.t0
+        call.request, ctl.cassette, entry, call.services.bodies, ctl.pace, call.t0, sent.update
+    )
+    transport = call.request.transport
+    report.judge(
+        ctl.cassette,
+        entry.interaction_id,
+        None
+        if response.status in (204, 304) or call.request.method == "HEAD"
+        else entry.body_sha256,
+        entry.body_size,
+        sent,
+        client_gone=transport is None or transport.is_closing(),
     )
     _log(ctl, call.stored, response.status, "replayed", events, call.t0)
     return response
 
 
+def _check_age(call: _Call, entry: Entry, max_age: float, report: RunReport) -> None:
+    """A recording older than `max_age`: a warning, or under `strict` a refusal."""
+    assert entry.row is not None
+    recorded_at = utc(entry.row[1])
+    assert recorded_at is not None
+    age = (datetime.now(UTC) - recorded_at).total_seconds()
+    if age <= max_age:
+        return
+    assert entry.interaction_id is not None
+    report.stale(call.ctl.cassette, entry.interaction_id)
+    days = age / 86400
+    what = (
+        f"the recording of {call.stored.method} {_where(call.stored.url)} in cassette "
+        f"{call.ctl.cassette!r} is {days:.1f} days old, older than max_age "
+        f"({max_age / 86400:g} days)"
+    )
+    if call.services.settings.strict:
+        _log(call.ctl, call.stored, 404, "refused (stale)", 0, call.t0)
+        raise StaleRecording(
+            f"{what}; record it again (rrproxy rerecord {call.ctl.cassette}) or raise max_age"
+        )
+    log.warning(
+        "%s: replayed anyway; rrproxy rerecord %s records it again",
+        what,
+        printable(call.ctl.cassette),
+    )
+
+
 async def _forward(call: _Call, *, key: str | None) -> web.StreamResponse:
     """Forward upstream and relay the answer, recording it unless the mode is passthrough."""
-    upstream = await send(call.services.upstream, call.wanted, hops=call.request[FORWARD_HOPS])
+    upstream = await send(
+        call.services.upstream,
+        call.wanted,
+        hops=call.request[FORWARD_HOPS],
+        setting=setting_name(call.request, call.services.settings),
+    )
     head = response_head(upstream)
     record = None
     if call.ctl.mode is not Mode.PASSTHROUGH:
@@ -162,6 +227,9 @@ class _StartRecording:
         def committed(rec: Recording) -> None:
             if rec.interaction_id is not None:
                 services.bodies.forget(rec.interaction_id)
+            entry.body_sha256 = rec.body_sha256
+            if self.call.report is not None:
+                self.call.report.recorded(cassette, rec.interaction_id)
             entry.stored(rec.interaction_id, rec.size, dropped=rec.dropped)
 
         def ended(outcome: Outcome) -> None:
@@ -173,8 +241,10 @@ class _StartRecording:
         recording = services.recorder.begin(
             cassette, self.call.stored, redacted, self.ttfb, committed
         )
-        framer = framer_for(self.upstream.headers.get("Content-Type"))
-        return Tee(services.recorder, recording, framer, self.call.t0, ended)
+        content_type = self.upstream.headers.get("Content-Type")
+        framer = framer_for(content_type)
+        meter = UsageMeter(content_type, self.upstream.headers.get("Content-Encoding"))
+        return Tee(services.recorder, recording, framer, self.call.t0, ended, meter)
 
 
 def _log(

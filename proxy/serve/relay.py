@@ -12,6 +12,7 @@ the handler when its client hangs up: see `proxy.serve.app`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from proxy.core.records import Outcome, Recording, ResponseHead
 from proxy.core.sse import Framer
+from proxy.core.usage import UsageMeter
 from proxy.serve.connection import break_connection
 from proxy.serve.recorder import Recorder
 from proxy.serve.upstream import describe
@@ -40,24 +42,36 @@ class Tee:
     framer: Framer
     t0: float  # loop time at the request's start
     on_end: Callable[[Outcome], None] | None = None
+    meter: UsageMeter | None = None  # reads the answer's token usage off its events
 
     def __post_init__(self) -> None:
         self._clock = asyncio.get_running_loop().time  # called for every chunk
+        self._sha256 = hashlib.sha256()  # of the body as it arrived: replays are checked on it
 
     def _ms(self) -> float:
         return round((self._clock() - self.t0) * 1000, 3)
 
     def feed(self, chunk: bytes) -> None:
+        self._sha256.update(chunk)
         events = self.framer.feed(chunk)
         if self.framer.buffered > MAX_EVENT_BYTES:  # an event without end: keep memory flat
             events.append(self.framer.spill())
         if events:
             self.recorder.events(self.recording, self._ms(), events)
+            if self.meter is not None:
+                for event in events:
+                    self.meter.feed(event)
 
     def end(self, outcome: Outcome, error: str | None = None) -> None:
         t = self._ms()
         if rest := self.framer.close():
             self.recorder.events(self.recording, t, rest)
+            if self.meter is not None:
+                for event in rest:
+                    self.meter.feed(event)
+        self.recording.body_sha256 = self._sha256.hexdigest()
+        if self.meter is not None and outcome.complete:
+            self.recording.usage = self.meter.result()
         self.recorder.end(self.recording, outcome, t, error)
         if self.on_end is not None:
             self.on_end(outcome)

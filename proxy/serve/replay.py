@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
@@ -148,10 +148,18 @@ async def _read_ahead(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterat
 
 
 async def replay(
-    request: web.Request, cassette: str, entry: Entry, bodies: Bodies, pace: Pace, t0: float
+    request: web.Request,
+    cassette: str,
+    entry: Entry,
+    bodies: Bodies,
+    pace: Pace,
+    t0: float,
+    on_sent: Callable[[bytes], object] | None = None,
 ) -> tuple[web.StreamResponse, int]:
     """Serve `entry` (in the store: `entry.committed` is set); returns the response and the
-    number of events sent."""
+    number of events sent. `on_sent` sees every body byte written to the client, in order
+    (the run report hashes them)."""
+    on_sent = on_sent or _nothing
     assert entry.interaction_id is not None
     loop = asyncio.get_running_loop()
 
@@ -168,7 +176,9 @@ async def replay(
     recorded_length = get(head.headers, "content-length")
     if pace.factor is None and not broken and bodies.is_small(entry.body_size):
         if recorded_length is not None or request.version >= HttpVersion11:
-            return await _whole(request, cassette, entry, bodies, chunked=recorded_length is None)
+            return await _whole(
+                request, cassette, entry, bodies, chunked=recorded_length is None, on_sent=on_sent
+            )
 
     response = web.StreamResponse(status=head.status, headers=CIMultiDict(_replayed(head)))
     if recorded_length is not None:
@@ -181,11 +191,14 @@ async def replay(
         await response.prepare(request)
         async for page in bodies.pages(cassette, entry.interaction_id, entry.body_size):
             if pace.factor is None:
-                await response.write(b"".join(data for _, data in page))
+                joined = b"".join(data for _, data in page)
+                await response.write(joined)
+                on_sent(joined)
             else:
                 for t_ms, data in page:
                     await wait_until(t_ms)
                     await response.write(data)
+                    on_sent(data)
             sent += len(page)
         if broken:
             break_connection(request)
@@ -207,23 +220,33 @@ async def _bodiless(request: web.Request, entry: Entry) -> web.StreamResponse:
     return response
 
 
+def _nothing(_data: bytes) -> None:
+    pass
+
+
 async def _whole(
-    request: web.Request, cassette: str, entry: Entry, bodies: Bodies, *, chunked: bool
+    request: web.Request,
+    cassette: str,
+    entry: Entry,
+    bodies: Bodies,
+    *,
+    chunked: bool,
+    on_sent: Callable[[bytes], object],
 ) -> tuple[web.StreamResponse, int]:
     """A small, complete recording answered in one write, head and body: length-delimited
     as recorded, or as one chunk when it was streamed (chunked framing is hop-by-hop)."""
     assert entry.interaction_id is not None
     events = await bodies.small_body(cassette, entry.interaction_id, entry.body_size)
+    body = b"".join(data for _, data in events)
     response = web.Response(
-        status=entry.head.status,
-        body=b"".join(data for _, data in events),
-        headers=CIMultiDict(_replayed(entry.head)),
+        status=entry.head.status, body=body, headers=CIMultiDict(_replayed(entry.head))
     )
     if chunked:
         response.enable_chunked_encoding()
     try:  # sent now, not after the handler returns: the log line is written after it
         await response.prepare(request)
         await response.write_eof()
+        on_sent(body)
     except ConnectionError:
         pass  # the client hung up
     return response, len(events)

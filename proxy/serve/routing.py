@@ -45,14 +45,39 @@ def routed_url(raw_path: str, settings: Settings) -> str:
 
 def _routed(raw_path: str, settings: Settings) -> tuple[str, str]:
     """(the configured upstream it goes to, the full URL)."""
+    prefix = _prefix(raw_path, settings)
+    if prefix is None:
+        return settings.upstream, settings.upstream + raw_path
+    upstream = dict(settings.routes)[prefix]
+    rest = raw_path[len(prefix) :]
+    return upstream, upstream + (rest if rest.startswith("/") else "/" + rest)
+
+
+def _prefix(raw_path: str, settings: Settings) -> str | None:
+    """The route prefix a relative request goes through; None for `upstream`."""
     if not raw_path.startswith("/"):
         raise ValueError(f"{raw_path!r} is not a path")
     path = raw_path.split("?", 1)[0]
-    for prefix, upstream in settings.routes:  # longest prefix first
+    for prefix, _upstream in settings.routes:  # longest prefix first
         if path == prefix or path.startswith(prefix + "/"):
-            rest = raw_path[len(prefix) :]
-            return upstream, upstream + (rest if rest.startswith("/") else "/" + rest)
-    return settings.upstream, settings.upstream + raw_path
+            return prefix
+    return None
+
+
+def setting_name(request: web.BaseRequest, settings: Settings) -> str | None:
+    """The setting that sent this request to its upstream, as an error should name it: the
+    front end's name for it (`upstream_labels`) or the configuration's; None when the
+    client named the host itself (HTTP_PROXY)."""
+    if request.get(TARGET) is not None:
+        return None
+    try:
+        prefix = _prefix(request.raw_path, settings)
+    except ValueError:
+        return None
+    labels = dict(settings.upstream_labels)
+    if prefix is None:
+        return labels.get("", "--upstream")
+    return labels.get(prefix, f"the route {prefix!r} (routes)")
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -13,6 +13,7 @@ from proxy.core.redact import Redactor
 from proxy.serve.index import Index
 from proxy.serve.recorder import Recorder
 from proxy.serve.replay import Bodies
+from proxy.serve.run_report import RunReport
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,11 @@ class Services:
 
 @dataclass
 class RunState:
-    """The active cassette, for requests that name none (changed through the admin API)."""
+    """The active cassette, for requests that name none (changed through the admin API), and
+    what the current run has done."""
 
     cassette: str
+    report: RunReport = field(default_factory=RunReport)
 
 
 SETTINGS = web.AppKey("settings", Settings)

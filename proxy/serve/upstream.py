@@ -55,11 +55,16 @@ def client_session(
 
 
 async def send(
-    session: aiohttp.ClientSession, request: Request, *, hops: str | None = None
+    session: aiohttp.ClientSession,
+    request: Request,
+    *,
+    hops: str | None = None,
+    setting: str | None = "--upstream",
 ) -> aiohttp.ClientResponse:
     """Open the upstream response (headers read, body not yet), or raise an `UpstreamError`
     naming the upstream and the cause. `hops`: the `Rrproxy-Hops` header to add (sent for
-    loop detection, not part of the request that is recorded)."""
+    loop detection, not part of the request that is recorded). `setting`: what chose this
+    upstream, named when it cannot be reached (None: the client named the host)."""
     url = URL(request.url, encoded=True)
     upstream = f"{url.scheme}://{url.authority}"
     try:
@@ -77,7 +82,7 @@ async def send(
     except aiohttp.ClientConnectorError as exc:
         raise UpstreamError(
             f"cannot connect to upstream {upstream}: {exc.os_error.strerror or exc}; "
-            "is it running, and is --upstream right?"
+            + (f"is it running, and is {setting} right?" if setting else "is it running?")
         ) from exc
     except aiohttp.ConnectionTimeoutError as exc:
         raise UpstreamError(

@@ -72,6 +72,7 @@ class Interaction(Base):
     duration_ms: Mapped[float | None] = mapped_column(Float)
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     body_size: Mapped[int] = mapped_column(Integer, default=0)
+    body_sha256: Mapped[str | None] = mapped_column(String(64))  # of the body as it arrived
 
 
 class Event(Base):
@@ -85,6 +86,21 @@ class Event(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     t_ms: Mapped[float] = mapped_column(Float)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Usage(Base):
+    """The ledger: the tokens an interaction's answer reports (model, input with the cached
+    ones, output, cached), read off its stream. No usage in the answer, no row."""
+
+    __tablename__ = "usage"
+
+    interaction_id: Mapped[int] = mapped_column(
+        ForeignKey("interactions.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str | None] = mapped_column(String(200))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
 
 
 class CassetteFile(Base):

@@ -281,6 +281,7 @@ class StoredHead:
     outcome: Outcome
     body_size: int
     ttfb_ms: float
+    body_sha256: str | None = None  # of the body as recorded (None before revision 0006)
 
 
 @dataclass(frozen=True)
@@ -338,6 +339,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             Interaction.outcome,
             Interaction.body_size,
             Interaction.ttfb_ms,
+            Interaction.body_sha256,
         )
         .join(Cassette)
         .where(Cassette.name == cassette, Interaction.id.in_(ids))
@@ -357,6 +359,7 @@ async def _heads(engine: AsyncEngine, cassette: str, ids: Sequence[int]) -> list
             outcome=Outcome(r.outcome),
             body_size=r.body_size,
             ttfb_ms=r.ttfb_ms,
+            body_sha256=r.body_sha256,
         )
         for r in rows
     ]

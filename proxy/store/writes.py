@@ -21,7 +21,9 @@ from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, se
 from sqlalchemy import exc as sa_exc
 
 from proxy.core.records import Outcome, Recording, Request, ResponseHead
+from proxy.core.usage import Usage
 from proxy.store.models import Cassette, Event, Interaction
+from proxy.store.models import Usage as UsageRow
 
 _EventRow = tuple[Recording, int, float, bytes]
 
@@ -106,12 +108,15 @@ def write_batch(
     # (a recording whose begin the store refused has no row to finish)
     if late := [r for r in batch.ends if r not in new_ids and r.interaction_id is not None]:
         db.finish([(rec.interaction_id, _final(rec)) for rec in late])
+    if ledger := [r for r in batch.ends if r.usage is not None and not r.dropped]:
+        rows = [(r.interaction_id or new_ids.get(r), r.usage) for r in ledger]
+        db.insert_usage([(i, u) for i, u in rows if i is not None and u is not None])
     return cassettes, new_ids
 
 
 _Row = tuple[int, int, float, bytes]
 """An event's row: interaction id, seq, t_ms, data."""
-_FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size")
+_FINAL = ("outcome", "error", "duration_ms", "event_count", "body_size", "body_sha256")
 """The interaction's columns known once it has ended (`_final`)."""
 _COLUMNS = (
     "cassette_id",
@@ -146,6 +151,9 @@ class Statements(Protocol):
     def finish(self, ends: list[tuple[int | None, tuple[Any, ...]]]) -> None:
         """Set the final columns (`_final`) of interactions inserted earlier, by id."""
 
+    def insert_usage(self, rows: list[tuple[int, Usage]]) -> None:
+        """The ledger rows of interactions that ended in this batch."""
+
 
 class CoreStatements:
     """Any database, through SQLAlchemy Core."""
@@ -178,6 +186,20 @@ class CoreStatements:
         keys = [f"b_{c}" for c in _FINAL]
         rows = [{"b_id": id_, **dict(zip(keys, final, strict=True))} for id_, final in ends]
         self._conn.execute(statement, rows)
+
+    def insert_usage(self, rows: list[tuple[int, Usage]]) -> None:
+        if rows:
+            self._conn.execute(insert(UsageRow), [usage_row(i, u) for i, u in rows])
+
+
+def usage_row(interaction_id: int, usage: Usage) -> dict[str, Any]:
+    return {
+        "interaction_id": interaction_id,
+        "model": usage.model[:200] if usage.model else None,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_tokens": usage.cached_tokens,
+    }
 
 
 class SqliteStatements(CoreStatements):
@@ -267,10 +289,10 @@ def _final(rec: Recording) -> tuple[Any, ...]:
         outcome = Outcome.INCOMPLETE
         reason = "events were dropped while the store could not be written"
         error = f"{reason}; {error}" if error else reason
-    return (outcome.value, error, rec.duration_ms, rec.events, rec.size)
+    return (outcome.value, error, rec.duration_ms, rec.events, rec.size, rec.body_sha256)
 
 
-_OPEN = (Outcome.RECORDING.value, None, None, 0, 0)
+_OPEN = (Outcome.RECORDING.value, None, None, 0, 0, None)
 """The `_FINAL` columns of an interaction still being recorded."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.config import KEYS, KEYS_BY_NAME, VARIABLES, Mode, Pace, Settings, load_settings
+from proxy.core.prices import Price
 from proxy.core.redact import DEFAULT_ALLOW, DEFAULT_HEADERS, DEFAULT_QUERY_PARAMS
 from proxy.errors import ConfigError
 
@@ -74,6 +75,13 @@ CASES = [
          "/openai=https://api.openai.com/,/anthropic/v1=https://a.test",
          (("/anthropic/v1", "https://a.test"), ("/openai", "https://api.openai.com")),
          lambda s: s.routes),
+    Case("max_age", "30d", "30d", 2592000.0, lambda s: s.max_age),
+    Case("prices", {"gpt-4o": {"input": 2.5, "output": 10}},
+         '{"gpt-4o": {"input": 2.5, "output": 10}}',
+         (("gpt-4o", Price(2.5, 10.0, 2.5)),), lambda s: s.prices),
+    Case("rerecord.headers", {"X-Api-Key": "${MY_KEY}"}, "X-Api-Key=${MY_KEY}",
+         (("Authorization", "Bearer ${OPENAI_API_KEY}"), ("X-Api-Key", "${MY_KEY}")),
+         lambda s: s.rerecord_headers),
 ]  # fmt: skip
 CASE_IDS = [c.key for c in CASES]
 
@@ -187,6 +195,12 @@ BAD = [
     ("timeouts.connect", 0, "-1"),
     ("timeouts.read", "long", "nan"),
     ("timeouts.shutdown", -1, "inf"),
+    ("max_age", "30x", "-3d"),
+    ("max_age", 0, "soon"),
+    ("prices", {"gpt-4o": {"input": 2.5}}, '{"gpt-4o": {"input": "cheap", "output": 1}}'),
+    ("prices", {"gpt-4o": {"input": -1, "output": 1}}, "not json"),
+    ("prices", {"m": {"input": 1, "output": 1, "per": 1}}, '["gpt-4o"]'),
+    ("rerecord.headers", ["Authorization"], "Authorization"),
     # In a variable or a flag a list is comma-separated text: any text is a list.
     ("matching.ignore_body_fields", [1, 2], None),
     ("matching.match_headers", 5, None),
