@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import loads, payload, procs, report
+from bench import loads, payload, procs, report, scale
 from bench.loads import Figures, Sizes
 
 TARGETS = ("direct", "aiohttp", "passthrough", "record", "replay")
@@ -212,6 +212,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the web UI's live page open on each rrproxy target (its SSE feed)",
     )
+    parser.add_argument(
+        "--scale",
+        metavar="SIZES",
+        help="then the scale loads (bench/scale.py) at these store sizes, e.g. 1000,50k,1M",
+    )
+    scale.add_arguments(parser)
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = sorted(set(args.targets) - set(TARGETS))
@@ -249,9 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": "cost relative to the reference, >1 is worse (throughputs inverted)",
     }
     summary = report.summarize(runs, meta)
+    if args.scale:
+        _say(f"scale loads: {args.scale} interactions")
+        summary["scale"] = asyncio.run(scale.run(scale.parse_sizes(args.scale), args))
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(summary, indent=2) + "\n")
     print(report.table(summary))
+    if "scale" in summary:
+        print()
+        print(scale.table(summary["scale"]))
     problems = report.failures(summary)
     for line in problems:
         print(f"FAILED {line}", file=sys.stderr)

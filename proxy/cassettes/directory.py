@@ -8,29 +8,30 @@ reported by name with the reason, in one log line, and skipped; the others load.
 regular files are read (a symbolic link to one too), each checked on the open file before a
 byte is read: a FIFO or a device never holds up the start.
 
-Whenever a recording finishes (a `Recorder` listener), its cassette's file is rewritten
-atomically (`files.atomic_write`: a temporary file in DIR, flushed to disk, renamed over the
-old one, the directory flushed) so `git status` shows the new recording at once and a reader
-never sees half a file. The content hashes of the files loaded and written are kept in the
-`cassette_files` table.
+Whenever a recording finishes (a `Recorder` listener), it is appended to its cassette's
+file (see `appends`: the file stays byte for byte what `rrproxy export` writes, and a
+recording costs the same whatever the file holds) so `git status` shows it at once. The
+whole file is written atomically (`files.atomic_write`: a temporary file in DIR, flushed to
+disk, renamed over the old one, the directory flushed) only when an append cannot do, such
+as the first write of a cassette after start. The content hashes of the files loaded and
+written are kept in the `cassette_files` table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from proxy.cassettes import appends
 from proxy.cassettes import transfer as cassettes
-from proxy.cassettes.file_format import MAX_FILE_BYTES, SUFFIX, file_name
-from proxy.cassettes.files import open_regular
+from proxy.cassettes.appends import Tail
+from proxy.cassettes.file_format import SUFFIX, file_name
 from proxy.cassettes.transfer import Imported
 from proxy.core.records import Recording, check_cassette_name
 from proxy.core.redact import Redactor
@@ -49,24 +50,8 @@ class LoadReport:
     failed: dict[str, str] = field(default_factory=dict)  # file name -> why
 
 
-class _Hashing:
-    """A binary writer that also hashes what passes through it."""
-
-    def __init__(self, out: IO[bytes]):
-        self.out = out
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self.out.write(data)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
+def _file_hashes(path: Path) -> tuple[str, str]:
+    return appends.file_hashes(path)
 
 
 def _shown(file_name: str) -> str:
@@ -86,7 +71,9 @@ class CassetteDir:
         self._writer = writer
         self._reader = reader
         self._redactor = redactor or Redactor()
-        self._dirty: set[str] = set()
+        self._dirty: dict[str, int] = {}  # cassette -> the oldest id recorded since written
+        self._tails: dict[str, Tail] = {}  # files this process wrote, to append to
+        self.rewritten = 0  # whole files written (the rest were appends)
         self._wakeup = asyncio.Event()
         self._closing = False
         self.written = 0
@@ -98,14 +85,22 @@ class CassetteDir:
 
     async def load(self) -> LoadReport:
         """Import each changed file; drop cassettes whose file is gone."""
-        report = LoadReport()
+        return await self.load_files()  # which checks the directory first
+
+    async def prepare(self) -> list[Path]:
+        """The cassette files (`ConfigError` if the directory cannot be one)."""
         try:
-            files = await asyncio.to_thread(self._files)
+            return await asyncio.to_thread(self._files)
         except OSError as exc:
             raise ConfigError(
                 f"cassette_dir = {str(self.path)!r}: cannot use it as a directory "
                 f"({exc.strerror or exc})"
             ) from None
+
+    async def load_files(self) -> LoadReport:
+        """Import each changed file; drop cassettes whose file is gone (see `load`)."""
+        report = LoadReport()
+        files = await self.prepare()
         async with self._writer.connect() as conn:
             known = await maintenance.file_hashes(conn)
         present: set[str] = set()
@@ -149,8 +144,8 @@ class CassetteDir:
     async def _load_file(
         self, path: Path, name: str, known: str | None, report: LoadReport
     ) -> None:
-        sha = await asyncio.to_thread(_file_sha256, path)
-        if sha == known:
+        sha, plain = await asyncio.to_thread(_file_hashes, path)
+        if known in (sha, plain):
             report.unchanged.append(name)
             return
 
@@ -187,7 +182,8 @@ class CassetteDir:
 
     def recorded(self, rec: Recording) -> None:
         """Recorder listener: the recording is committed; its cassette's file is out of date."""
-        self._dirty.add(rec.cassette)
+        oldest = rec.interaction_id or 0
+        self._dirty[rec.cassette] = min(self._dirty.get(rec.cassette, oldest), oldest)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -200,9 +196,9 @@ class CassetteDir:
                 self._wakeup.clear()
                 continue
             name = min(self._dirty)
-            self._dirty.discard(name)
+            oldest = self._dirty.pop(name)
             try:
-                await self.write(name)
+                await self.write(name, oldest)
             except (SecretsFound, FileChanged) as exc:
                 log.error("cassette file %s not written: %s", self.file(name), exc)
             except Exception as exc:
@@ -214,15 +210,29 @@ class CassetteDir:
                     exc,
                 )
 
-    async def write(self, name: str) -> None:
-        """Write the cassette's file from the store (finished interactions only), unless
-        someone changed the file since this store last loaded or wrote it (a `git pull`,
-        an edit): that would be lost."""
+    async def write(self, name: str, oldest: int | None = None) -> None:
+        """Bring the cassette's file up to date with the store (finished interactions
+        only): append what was recorded since this process wrote it (`oldest`: the oldest
+        id recorded since, None if unknown), else write it whole, unless someone changed
+        the file since this store last loaded or wrote it (a `git pull`, an edit): that
+        would be lost."""
         path = self.file(name)
+        tail = self._tails.pop(name, None)
+        if (
+            tail is not None
+            and oldest is not None
+            and oldest > tail.last_id
+            and await asyncio.to_thread(tail.unchanged, path)
+        ):
+            async with self._reader.connect() as conn:
+                appended = await appends.append(conn, name, path, tail, self._redactor)
+            if appended is not None:
+                await self._written(name, path, appended, "appended to")
+                return
         if path.exists():
             async with self._reader.connect() as conn:
                 known = (await maintenance.file_hashes(conn)).get(name)
-            if known != await asyncio.to_thread(_file_sha256, path):
+            if known not in await asyncio.to_thread(_file_hashes, path):
                 raise FileChanged(
                     "it changed on disk since rrproxy loaded it; the new recordings stay in "
                     "the store only, until a restart loads the file in their place (delete "
@@ -230,14 +240,18 @@ class CassetteDir:
                 )
         await asyncio.to_thread(self.path.mkdir, parents=True, exist_ok=True)
         with atomic_write(path) as f:
-            out = _Hashing(f)
-            await cassettes.export(
-                self._reader, name, out, finished_only=True, redactor=self._redactor
-            )
+            async with self._reader.connect() as conn:
+                _, tail = await appends.write_all(conn, name, f, self._redactor)
+        tail.stat = await asyncio.to_thread(appends.stat_of, path)
+        self.rewritten += 1
+        await self._written(name, path, tail, "written to")
+
+    async def _written(self, name: str, path: Path, tail: Tail, how: str) -> None:
         async with self._writer.begin() as conn:
-            await maintenance.set_file_hash(conn, name, out.sha256.hexdigest())
+            await maintenance.set_file_hash(conn, name, tail.fingerprint)
+        self._tails[name] = tail
         self.written += 1
-        log.info("cassette %r written to %s", name, path)
+        log.info("cassette %r %s %s", name, how, path)
 
     async def close(self) -> None:
         self._closing = True

@@ -16,23 +16,23 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import ScalarSelect, delete, func, insert, select
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.cassettes import file_format as cassette_file
+from proxy.cassettes.bulk import BulkInsert
 from proxy.cassettes.file_format import Header, Recorded
 from proxy.cassettes.files import open_regular
 from proxy.core.messages import redact_handshake
-from proxy.core.pieces import encode, split
 from proxy.core.records import Event as EventRecord
 from proxy.core.records import Outcome, Request, check_cassette_name
 from proxy.core.redact import Redactor
 from proxy.core.secrets_scan import Finding, scan_request, scan_response
 from proxy.errors import CassetteExists, CassetteFileError, SecretsFound
-from proxy.store import ledger, queries
-from proxy.store.models import Cassette, Event, Interaction, Message
+from proxy.store import queries
+from proxy.store.models import Cassette, Interaction
 
 _RECORDING_ERROR = "still being recorded when the cassette was exported"
 
@@ -68,29 +68,52 @@ async def _recorded(
     heads = await queries.interactions(conn, name, required=True, finished_only=finished_only)
 
     async def each() -> AsyncIterator[Recorded]:
-        for head in heads:
-            outcome, error = head.outcome, head.error
-            if outcome is Outcome.RECORDING:
-                outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
-            yield Recorded(
-                request=head.request,
-                response=head.response,
-                outcome=outcome,
-                error=error,
-                recorded_at=head.recorded_at,
-                ttfb_ms=head.ttfb_ms,
-                duration_ms=head.duration_ms,
-                events=tuple(await queries.events(conn, head.id)),
-                messages=(
-                    tuple(await queries.messages(conn, head.id))
-                    if head.response.status == 101
-                    else ()
-                ),
-                untimed=head.untimed,
-            )
+        for group in _groups(heads):
+            events = await queries.events_of(conn, [head.id for head in group])
+            for head in group:
+                outcome, error = head.outcome, head.error
+                if outcome is Outcome.RECORDING:
+                    outcome, error = Outcome.INCOMPLETE, _RECORDING_ERROR
+                yield Recorded(
+                    request=head.request,
+                    response=head.response,
+                    outcome=outcome,
+                    error=error,
+                    recorded_at=head.recorded_at,
+                    ttfb_ms=head.ttfb_ms,
+                    duration_ms=head.duration_ms,
+                    events=tuple(events.pop(head.id)),
+                    messages=(
+                        tuple(await queries.messages(conn, head.id))
+                        if head.response.status == 101
+                        else ()
+                    ),
+                    untimed=head.untimed,
+                )
 
     version = cassette_file.VERSION
     return len(heads), version, each()
+
+
+_GROUP = 256
+"""Interactions whose events an export reads in one query..."""
+_GROUP_BYTES = 8 * 2**20
+"""...holding at most this many bytes of bodies (a larger one is read alone)."""
+
+
+def _groups(
+    heads: Sequence[queries.StoredInteraction],
+) -> Iterator[list[queries.StoredInteraction]]:
+    group: list[queries.StoredInteraction] = []
+    size = 0
+    for head in heads:
+        if group and (len(group) == _GROUP or size + head.size > _GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(head)
+        size += head.size
+    if group:
+        yield group
 
 
 async def _lines(
@@ -114,17 +137,22 @@ async def export(
     allow_secrets: bool = False,
     finished_only: bool = False,
     redactor: Redactor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Write the cassette file to `out`; returns the number of interactions. Raises
     `SecretsFound` (after writing: the caller discards `out`) unless `allow_secrets`.
-    `redactor` says which header and query names are credentials (the defaults if None)."""
+    `redactor` says which header and query names are credentials (the defaults if None).
+    `progress(done, total)` is told of each interaction written."""
     findings: list[tuple[int, Finding]] = []
     interactions = 0
     async with engine.connect() as conn:
+        total = (await queries.counts(conn, name))[0] if progress is not None else 0
         async for number, rec, line in _lines(conn, name, finished_only=finished_only):
             out.write(line)
             if rec is not None:
                 interactions += 1
+                if progress is not None:
+                    progress(interactions, total)
                 if not allow_secrets:
                     found = [
                         *scan_request(rec.request, redactor),
@@ -193,6 +221,14 @@ def check_file(
     return header, h.hexdigest()
 
 
+def _header(path: Path, max_bytes: int) -> Header:
+    """A cassette file's header line, checked (blocking; the rest is not read)."""
+    with open_regular(path, max_bytes=max_bytes) as f:
+        header = next(cassette_file.read(f, source=str(path)))
+    assert isinstance(header, Header)  # `read` yields the header first or raises
+    return header
+
+
 def _read(path: Path, *, max_bytes: int, max_line: int) -> Iterator[Header | Recorded]:
     with open_regular(path, max_bytes=max_bytes) as f:
         yield from cassette_file.read(f, source=str(path), max_line=max_line)
@@ -207,6 +243,7 @@ async def import_file(
     max_bytes: int = cassette_file.MAX_FILE_BYTES,
     then: Callable[[AsyncConnection, Imported], Awaitable[None]] | None = None,
     redactor: Redactor | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Imported:
     """Import a cassette file in one transaction, all or nothing. Secrets are redacted as
     they are when recording (`redactor`; the built-in lists by default): a hand-written
@@ -215,11 +252,21 @@ async def import_file(
     The same content again changes nothing; other content under an existing name needs
     `replace` (the cassette keeps its identity; its interactions are swapped). `then` runs
     in the same transaction (the cassette directory records the file's hash with it).
+    `progress(done, total)` is told of each interaction stored.
+
+    A cassette new to the store is read once, inside the transaction (a bad line rolls it
+    back); one already there is first checked and hashed outside it, to tell whether the
+    file holds anything new.
     """
-    header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
+    header = await asyncio.to_thread(_header, path, max_bytes)
     target = check_cassette_name(name or header.name)
+    sha: str | None = None
+    if await queries.cassette_id(engine, target) is not None:
+        header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
     async with engine.begin() as conn:
         existing = await queries.cassette_id(conn, target)
+        if existing is not None and sha is None:  # made meanwhile
+            header, sha = await asyncio.to_thread(check_file, path, name=name, max_bytes=max_bytes)
         if existing is not None and await digest(conn, target) == sha:
             count, n_events = await queries.counts(conn, target)
             result = Imported(target, ImportStatus.UNCHANGED, count, n_events)
@@ -229,16 +276,21 @@ async def import_file(
         cassette_id = await _emptied(conn, target, existing, replace, "--as NAME")
         count = n_events = 0
         h = hashlib.sha256()
+        bulk = BulkInsert(conn, cassette_id)
         for item in _read(path, max_bytes=max_bytes, max_line=cassette_file.MAX_LINE_BYTES):
             if isinstance(item, Header):
                 h.update(cassette_file.header_line(target, item.interactions, item.version))
                 continue
-            for line in cassette_file.interaction_lines(item):
-                h.update(line)
-            await _insert(conn, cassette_id, _redacted(item, redactor or Redactor()))
+            if sha is not None:  # to compare with the first reading
+                for line in cassette_file.interaction_lines(item):
+                    h.update(line)
+            await bulk.add(_redacted(item, redactor or Redactor()))
             count += 1
             n_events += len(item.events)
-        if h.hexdigest() != sha:
+            if progress is not None:
+                progress(count, header.interactions)
+        await bulk.flush()
+        if sha is not None and h.hexdigest() != sha:
             raise CassetteFileError(None, "the file changed while it was being imported", str(path))
         status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
         result = Imported(target, status, count, n_events)
@@ -318,8 +370,10 @@ async def _store_records(
         if await digest(conn, target) == sha:
             return Imported(target, ImportStatus.UNCHANGED, len(recs), n_events, redacted)
     cassette_id = await _emptied(conn, target, existing, replace)
+    bulk = BulkInsert(conn, cassette_id)
     for rec in recs:
-        await _insert(conn, cassette_id, rec)
+        await bulk.add(rec)
+    await bulk.flush()
     status = ImportStatus.REPLACED if existing is not None else ImportStatus.CREATED
     return Imported(target, status, len(recs), n_events, redacted)
 
@@ -366,73 +420,3 @@ def body(rec: Recorded) -> Iterable[EventRecord]:
     if not rec.messages:
         return rec.events
     return (EventRecord(m.t_ms, m.data) for m in rec.messages)
-
-
-def _next_ordinal(cassette_id: int) -> ScalarSelect[int]:
-    """The place after the cassette's last: an import appends in its file's order."""
-    last = func.coalesce(func.max(Interaction.ordinal), 0)
-    return select(last + 1).where(Interaction.cassette_id == cassette_id).scalar_subquery()
-
-
-async def _insert(conn: AsyncConnection, cassette_id: int, rec: Recorded) -> None:
-    result = await conn.execute(
-        insert(Interaction)
-        .values(
-            cassette_id=cassette_id,
-            method=rec.request.method,
-            url=rec.request.url,
-            request_headers=[list(h) for h in rec.request.headers],
-            request_body=rec.request.body,
-            status=rec.response.status,
-            response_headers=[list(h) for h in rec.response.headers],
-            outcome=rec.outcome.value,
-            error=rec.error,
-            started_at=rec.recorded_at,
-            ttfb_ms=rec.ttfb_ms,
-            duration_ms=rec.duration_ms,
-            event_count=len(rec.events) + len(rec.messages),
-            body_size=sum(len(e.data) for e in rec.events) + sum(len(m) for m in rec.messages),
-            body_sha256=ledger.body_sha256(rec.events),
-            ordinal=_next_ordinal(cassette_id),
-            untimed=rec.untimed,
-        )
-        .returning(Interaction.id)
-    )
-    interaction_id = int(result.scalar_one())
-    await ledger.write_usage(conn, interaction_id, rec.response, rec.events, rec.outcome)
-    rows: list[dict[str, Any]] = []
-    seq = 0
-    for event in rec.events:  # a large event in parts, as recording stores it
-        for part in split(event.data, event.t_ms, event.pieces):
-            rows.append(
-                {
-                    "interaction_id": interaction_id,
-                    "seq": seq,
-                    "t_ms": part.t_ms,
-                    "data": part.data,
-                    "pieces": encode(part.pieces),
-                    "continues": part.continues,
-                }
-            )
-            seq += 1
-            if len(rows) == 64:  # bounded statements: a part may be a MiB
-                await conn.execute(insert(Event), rows)
-                rows = []
-    if rows:
-        await conn.execute(insert(Event), rows)
-    if rec.messages:
-        await conn.execute(
-            insert(Message),
-            [
-                {
-                    "interaction_id": interaction_id,
-                    "seq": i,
-                    "t_ms": m.t_ms,
-                    "from_client": m.from_client,
-                    "kind": m.kind.value,
-                    "data": m.data,
-                    "code": m.code,
-                }
-                for i, m in enumerate(rec.messages)
-            ],
-        )

@@ -18,6 +18,7 @@ from proxy.cassettes import transfer as cassettes
 from proxy.cassettes.file_format import file_name
 from proxy.cli import interchange, output
 from proxy.cli.event_view import shown_events
+from proxy.cli.progress import Progress
 from proxy.cli.store import Store, run
 from proxy.config import Settings, display_db
 from proxy.core.messages import Message
@@ -97,12 +98,22 @@ def export_command(settings: Settings, args: argparse.Namespace) -> int:
     name: str = args.name
     target = args.output or file_name(name)
 
+    shown = Progress(f"exporting {name}")
+
     async def write(store: Store, out: IO[bytes]) -> int:
         return await cassettes.export(
-            store.reader, name, out, allow_secrets=args.allow_secrets, redactor=settings.redact
+            store.reader,
+            name,
+            out,
+            allow_secrets=args.allow_secrets,
+            redactor=settings.redact,
+            progress=shown.update,
         )
 
-    count = output.write_out(target, lambda out: run(settings, lambda s: write(s, out)))
+    try:
+        count = output.write_out(target, lambda out: run(settings, lambda s: write(s, out)))
+    finally:
+        shown.close()
     if target != "-":
         print(f"exported cassette {name!r} ({count} interaction(s)) to {target}", file=sys.stderr)
     return 0
@@ -124,13 +135,22 @@ def import_command(settings: Settings, args: argparse.Namespace) -> int:
             if found:
                 raise SecretsFound(args.as_name or path.name, found)
         result = await cassettes.import_file(
-            store.writer, path, name=args.as_name, replace=args.replace, redactor=settings.redact
+            store.writer,
+            path,
+            name=args.as_name,
+            replace=args.replace,
+            redactor=settings.redact,
+            progress=shown.update,
         )
         if store.dir is not None and result.status is not cassettes.ImportStatus.UNCHANGED:
             await store.dir.write(result.name)
         return result
 
-    result = run(settings, work, create=True)
+    shown = Progress(f"importing {path.name}")
+    try:
+        result = run(settings, work, create=True)
+    finally:
+        shown.close()
     what = {
         cassettes.ImportStatus.CREATED: "imported",
         cassettes.ImportStatus.REPLACED: "replaced",

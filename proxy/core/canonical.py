@@ -102,6 +102,12 @@ def head(method: str, url: str, request_headers: Headers, rules: MatchRules) -> 
     )
 
 
+def route(method: str, url: str) -> tuple[str, str, str]:
+    """Method, upstream and path as `head` reads them (its `route`), without the rest."""
+    parts = urlsplit(url)
+    return method.upper(), _upstream(parts.scheme, parts.netloc), parts.path or "/"
+
+
 @functools.lru_cache(maxsize=256)
 def _upstream(scheme: str, netloc: str) -> str:
     """Scheme, host and port, lower-cased, the default port dropped."""

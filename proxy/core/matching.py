@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from proxy.core.canonical import KEY_PARTS, Canonical, MatchRules, canonical, head
+from proxy.core.canonical import KEY_PARTS, Canonical, MatchRules, canonical, head, route
 from proxy.core.differences import MAX_DIFFERENCES, between, between_heads, capped
 from proxy.core.records import Headers, Request
 
@@ -34,7 +34,9 @@ __all__ = [
     "input_digest",
     "keyed",
     "match_key",
+    "narrow",
     "nearest",
+    "route",
     "shortlist",
     "similarity",
     "sketch",
@@ -157,6 +159,21 @@ def shortlist(
             abs(want.size - c.size),
             i,
         )
+
+    return sorted(heapq.nsmallest(limit, range(len(candidates)), key=score))
+
+
+def narrow(want: Sketch, size: int, candidates: Sequence[Candidate], limit: int) -> list[int]:
+    """The indices of at most `limit` candidates whose bodies look most like one with sketch
+    `want` and `size` bytes (the most parts in common, then the nearest size, then the
+    latest): a cheap first cut, a few operations a candidate, before `shortlist`."""
+    if len(candidates) <= limit:
+        return list(range(len(candidates)))
+    parts = frozenset(want)
+
+    def score(i: int) -> tuple[int, int, int]:
+        c = candidates[i]
+        return -len(parts.intersection(c.sketch)), abs(size - c.size), -i
 
     return sorted(heapq.nsmallest(limit, range(len(candidates)), key=score))
 

@@ -169,19 +169,34 @@ async def _heartbeat(writer: AsyncEngine, instance: int) -> None:
             log.debug("heartbeat not written: %s", getattr(exc, "orig", None) or exc)
 
 
+DIR_LOADED = web.AppKey("dir_loaded", asyncio.Event)
+"""Set once the cassette directory is loaded: proxied requests wait for it."""
+
+
 async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's cleanup context for `cassette_dir`: load at start; on the way out, wait for
-    the recorder's last commits and write their files. Runs after the store's context."""
+    """The app's cleanup context for `cassette_dir`: the files are loaded in the background
+    (the proxy listens at once; proxied requests wait until they are loaded); on the way
+    out, wait for the recorder's last commits and write their files. Runs after the
+    store's context."""
     settings = app[SETTINGS]
     if settings.cassette_dir is None:
+        app[DIR_LOADED].set()
         yield
         return
     services = app[SERVICES]
     async with open_store(settings.db_url, writer=True) as writer:
         sync = CassetteDir(Path(settings.cassette_dir), writer, services.reader, settings.redact)
-        await sync.load()
-        services.recorder.listeners.append(sync.recorded)
-        task = asyncio.create_task(sync.run(), name="rrproxy-cassette-dir")
+        await sync.prepare()  # a directory that cannot be one fails the start
+
+        async def load() -> None:
+            try:
+                await sync.load_files()
+            finally:
+                services.recorder.listeners.append(sync.recorded)
+                app[DIR_LOADED].set()
+            await sync.run()
+
+        task = asyncio.create_task(load(), name="rrproxy-cassette-dir")
         try:
             yield
         finally:
@@ -192,7 +207,9 @@ async def cassette_dir_ctx(app: web.Application) -> AsyncIterator[None]:
             except TimeoutError:
                 log.error("the store did not take the last recordings; their files are not written")
             await sync.close()
-            await task
+            if not app[DIR_LOADED].is_set():
+                task.cancel()  # stopped while loading
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def run_report_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -219,11 +236,16 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[RUN] = RunState(cassette=settings.cassette)
+    app[DIR_LOADED] = asyncio.Event()
     app.cleanup_ctx.append(_services)
     app.cleanup_ctx.append(cassette_dir_ctx)  # after the store: loads files, writes them
     app.cleanup_ctx.append(run_report_ctx)  # closed first: sums up the run at shutdown
 
+    loaded = app[DIR_LOADED]
+
     async def proxy_handler(request: web.Request) -> web.StreamResponse:
+        if not loaded.is_set():
+            await loaded.wait()  # the cassette directory, loading in the background
         # The app's own state, not `request.app`: requests inside CONNECT tunnels have none.
         if websocket.is_upgrade(request):
             return await websocket.handle(request, app[SERVICES], app[RUN])

@@ -13,6 +13,7 @@ have recorded it) before it is declared, and names the closest recording (see `n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.matching import MatchRules, input_digest, match_key
+from proxy.core.matching import MatchRules, input_digest, match_key, route
 from proxy.core.records import Outcome, Request
 from proxy.core.redact import Redactor
 from proxy.serve.entry import Computed, Entry, Row, compute_all, entry_of, row_of
@@ -35,20 +36,77 @@ _PAGE = 64
 """Request bodies read (and keyed) at a time when a cassette loads."""
 
 
+class _Recordings:
+    """The recordings of one key in recording order, and those replay may serve. An entry
+    whose availability is final (in the store, its outcome known) is judged once: the n-th
+    repeat of a key costs what the first does, whatever the number of recordings."""
+
+    __slots__ = ("all", "ready", "settled")
+
+    def __init__(self) -> None:
+        self.all: list[Entry] = []
+        self.ready: list[Entry] = []  # the available ones of `all[:settled]`
+        self.settled = 0
+
+    def available(self) -> tuple[list[Entry], list[Entry]]:
+        """The available recordings, in order: those settled, then those of the rest (this
+        process's recordings still being written: a few)."""
+        entries, ready = self.all, self.ready
+        while self.settled < len(entries) and _final(entry := entries[self.settled]):
+            if entry.available:
+                ready.append(entry)
+            self.settled += 1
+        return ready, [e for e in entries[self.settled :] if e.available]
+
+
+def _final(entry: Entry) -> bool:
+    return entry.committed.is_set() and entry.outcome is not Outcome.RECORDING
+
+
+Route = tuple[str, str, str]
+"""Method, upstream and path: what a miss looks for first in the closest recording."""
+
+
 @dataclass
 class _Cassette:
     entries: list[Entry] = field(default_factory=list)
-    by_key: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    by_key: dict[str, _Recordings] = field(default_factory=lambda: defaultdict(_Recordings))
     used: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stale: bool = False
     seen: tuple[int, int] = (0, 0)  # the change counters (all, this one's) it was loaded at
     rows: int = 0  # interactions in the store when loaded, plus those this process began since
     computed: dict[Row, Computed] = field(default_factory=dict)  # of its stored rows
+    by_route: dict[Route, list[Entry]] | None = None  # made by the first miss
+    # What a miss's reload need not read again: the store's rows up to `last_id` were read
+    # (`read` entries), but for `pending` ones, still recording then.
+    last_id: int = 0
+    pending: frozenset[int] = frozenset()
+    read: int = 0
 
     def add(self, entry: Entry) -> None:
         self.entries.append(entry)
         assert entry.key is not None
-        self.by_key[entry.key].append(entry)
+        self.by_key[entry.key].all.append(entry)
+        if self.by_route is not None:
+            self.by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+
+    async def routes(self) -> dict[Route, list[Entry]]:
+        """The entries by route, made by the first miss (in a worker thread), then kept."""
+        if self.by_route is None:
+            held = self.entries[:]
+            by_route = await asyncio.to_thread(_by_route, held)
+            if self.by_route is None:  # not made by another miss meanwhile
+                for entry in self.entries[len(held) :]:  # added meanwhile
+                    by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+                self.by_route = by_route
+        return self.by_route
+
+
+def _by_route(entries: list[Entry]) -> dict[Route, list[Entry]]:
+    by_route: dict[Route, list[Entry]] = {}
+    for entry in entries:
+        by_route.setdefault(route(entry.method, entry.url), []).append(entry)
+    return by_route
 
 
 @dataclass(frozen=True)
@@ -66,9 +124,22 @@ _PRUNE_AT_LEAST = 256
 """Entries of a cassette not loaded yet, before the committed ones are pruned."""
 
 
+INDEX_ENTRIES = 200_000
+"""Recordings the index holds across cassettes; past it, the least recently used cassettes
+are let go (their run's counters kept): memory bounded whatever the store holds."""
+
+
 class Index:
-    def __init__(self, engine: AsyncEngine, rules: MatchRules, redactor: Redactor | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rules: MatchRules,
+        redactor: Redactor | None = None,
+        *,
+        max_entries: int = INDEX_ENTRIES,
+    ):
         self._engine = engine
+        self._max_entries = max_entries
         self.rules = rules
         self._redactor = redactor or Redactor()  # what a miss message may not quote
         self._cassettes: dict[str, _Cassette] = {}
@@ -128,17 +199,78 @@ class Index:
             cassette.stale = True
 
     async def _cassette(self, name: str, *, reload: bool = False) -> _Cassette:
-        cassette = self._cassettes.get(name)
+        cassette = self._cassettes.pop(name, None)
         current = self._generation(name)
-        if cassette is not None and not cassette.stale and not reload and cassette.seen == current:
-            return cassette  # loaded (a miss reloads it, under the lock)
+        if cassette is not None:
+            self._cassettes[name] = cassette  # the most recently used, last
+            if not cassette.stale and not reload and cassette.seen == current:
+                return cassette  # loaded (a miss reloads it, under the lock)
         async with self._loading[name]:
             cassette = self._cassettes.get(name)
             current = self._generation(name)
-            if cassette is None or cassette.stale or reload or cassette.seen != current:
+            if (
+                cassette is None
+                or cassette.stale
+                or cassette.seen != current  # changed elsewhere (removals too): read whole
+                or not await self._refresh(name, cassette)
+            ):
                 self._cassettes[name] = cassette = await self._load(name, cassette)
                 cassette.seen = current  # a change during the load: read again next time
+                self._evict(keep=name)
             return cassette
+
+    def _evict(self, keep: str) -> None:
+        """Let the least recently used cassettes go until the index holds `max_entries`
+        recordings or fewer: they are read again when used (a run's counters and this
+        process's recordings still in flight are kept)."""
+        held = sum(len(c.entries) for c in self._cassettes.values())
+        for name in list(self._cassettes):
+            if held <= self._max_entries:
+                break
+            c = self._cassettes[name]
+            if name == keep or c.stale:
+                continue
+            in_flight = [e for e in c.entries if not e.committed.is_set()]
+            held -= len(c.entries) - len(in_flight)
+            self._cassettes[name] = _Cassette(entries=in_flight, used=c.used, stale=True)
+            log.debug("cassette %r let go from the replay index (read again when used)", name)
+        if len(self._keys) > 2 * self._max_entries:
+            self._keys.clear()  # a shortcut only: keys are computed again when not found
+
+    async def _refresh(self, name: str, c: _Cassette) -> bool:
+        """Add what the store recorded in the cassette since it was read (another proxy
+        sharing the store), reading only that; False when it cannot be merged in recording
+        order (a recording pending then has ended, or this process recorded meanwhile)."""
+        since = min(c.pending, default=c.last_id + 1)
+        stamps = await queries.interaction_stamps(self._engine, name, since=since)
+        if any(s.id in c.pending and s.outcome is not Outcome.RECORDING for s in stamps):
+            return False
+        own = {e.interaction_id for e in c.entries[c.read :]}
+        new = [s for s in stamps if s.id > c.last_id and s.id not in own]
+        if not new:
+            return True
+        if len(c.entries) > c.read:
+            return False
+        heads = await queries.interaction_heads(self._engine, name, [s.id for s in new])
+        found = {h.id: h for h in heads}
+        entries: list[Entry] = []
+        for stamp in new:
+            if stamp.outcome is Outcome.INCOMPLETE or (head := found.get(stamp.id)) is None:
+                continue  # never replayed, or deleted meanwhile
+            entry = entry_of(head)
+            if entry.outcome is Outcome.RECORDING:
+                continue  # pending (below)
+            entry.row = row_of(entry, stamp.started_at)
+            entries.append(entry)
+        await self._compute(c, entries)
+        for entry in entries:
+            if entry.key is not None:
+                c.add(entry)
+        c.read = len(c.entries)
+        c.rows += len(new)
+        c.last_id = max(c.last_id, new[-1].id)
+        c.pending = c.pending | {s.id for s in new if s.outcome is Outcome.RECORDING}
+        return True
 
     async def _load(self, name: str, previous: _Cassette | None) -> _Cassette:
         """The cassette as stored, with this process's own entries (which may be newer than
@@ -175,12 +307,20 @@ class Index:
             merged.append(entry)
             if (done := known.get(entry.row)) is not None:
                 self._computed(fresh, entry, done)
+        read = len(merged)
         merged.extend(e for i, e in mine.items() if i not in stored_before)
         merged.extend(in_flight)  # still recording, not yet (all) in the store
         await self._compute(fresh, [e for e in merged if e.key is None or e.sketch is None])
-        for entry in merged:
+        for at, entry in enumerate(merged):
             if entry.key is not None:  # else its request is gone from the store
                 fresh.add(entry)
+            if at + 1 == read:
+                fresh.read = len(fresh.entries)
+        fresh.last_id = stamps[-1].id if stamps else 0
+        mine_ids = {e.interaction_id for e in own}
+        fresh.pending = frozenset(
+            s.id for s in stamps if s.outcome is Outcome.RECORDING and s.id not in mine_ids
+        )
         return fresh
 
     async def _compute(self, fresh: _Cassette, entries: Sequence[Entry]) -> None:
@@ -277,7 +417,8 @@ class Index:
         loaded and added itself (another proxy recorded into it) is read again."""
         c = await self._cassette(cassette)
         for again in (False, True):
-            candidates = c.by_key.get(key, [])
+            recordings = c.by_key.get(key)
+            candidates = recordings.all if recordings is not None else []
             n = c.used[key]
             if n < len(candidates) and candidates[n].available:
                 c.used[key] += 1
@@ -294,24 +435,28 @@ class Index:
         (or a miss when `strict`). Before a miss, the cassette is read again."""
         for reload in (False, True):
             c = await self._cassette(cassette, reload=reload)
-            candidates = [e for e in c.by_key.get(key, []) if e.available]
-            n = c.used[key]
-            if n < len(candidates):
+            recordings = c.by_key.get(key)
+            ready, rest = recordings.available() if recordings is not None else ([], [])
+            n, count = c.used[key], len(ready) + len(rest)
+            if n < count:
                 c.used[key] += 1
-                return candidates[n]
-            if candidates and not strict:
-                return candidates[-1]
-            if candidates:
+                return ready[n] if n < len(ready) else rest[n - len(ready)]
+            if count and not strict:
+                return rest[-1] if rest else ready[-1]
+            if count:
                 return Miss(
                     key,
-                    f"cassette {cassette!r} has {len(candidates)} recording(s) of this request "
+                    f"cassette {cassette!r} has {count} recording(s) of this request "
                     f"and all were used in this run (strict replay); record it again, or "
                     f"POST /_rrproxy/reset to start a new run",
                 )
         return await self._miss(cassette, key, request, c)
 
     async def _miss(self, cassette: str, key: str, request: Request, c: _Cassette) -> Miss:
-        recorded = [e for e in c.entries if e.available]
+        routes = await c.routes()
+        wanted = route(request.method, request.url)
+        recorded = await asyncio.to_thread(_worth_comparing, routes, wanted)
+        await self._compute(c, [e for e in recorded if e.sketch is None])  # recorded here
         log.debug("miss in cassette %r: the closest of %d recordings?", cassette, len(recorded))
         found = await self._closest.find(request, recorded)
         if found is None:
@@ -360,3 +505,18 @@ class Index:
         if use:
             assert entry.key is not None
             c.used[entry.key] += 1
+
+
+MISS_SCAN = 10_000
+"""Recordings a miss looks at, at most (the latest of the request's route): the cost of a
+miss does not grow with the cassette."""
+
+
+def _worth_comparing(routes: dict[Route, list[Entry]], wanted: Route) -> list[Entry]:
+    """The recordings a miss compares with the request (run in a worker thread): the latest
+    `MISS_SCAN` of its route, else the latest of each other route."""
+    same = routes.get(wanted)
+    if same:
+        return [e for e in same[-MISS_SCAN:] if e.available]
+    latest = (next((e for e in reversed(es) if e.available), None) for es in list(routes.values()))
+    return [e for e in itertools.islice(latest, MISS_SCAN) if e is not None]

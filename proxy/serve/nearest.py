@@ -1,6 +1,7 @@
 """The recording closest to a request that missed, and how they differ: what a replay miss
 says. Bounded, and off the event loop: a shortlist judged without bodies (route, the rest
-of the head, sketches, sizes), then at most `MISS_CANDIDATES` recorded bodies, read from the
+of the head, sketches, sizes) of a cut of at most `MISS_NARROW` (the bodies' sketches and
+sizes alone), then at most `MISS_CANDIDATES` recorded bodies, read from the
 store (the parsed ones kept for the next miss, within `PARSED_BYTES`), compared until
 `MISS_DEADLINE_S`.
 """
@@ -14,7 +15,15 @@ from collections.abc import Iterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from proxy.core.matching import Canonical, MatchRules, canonical, nearest, shortlist
+from proxy.core.matching import (
+    Canonical,
+    MatchRules,
+    canonical,
+    keyed,
+    narrow,
+    nearest,
+    shortlist,
+)
 from proxy.core.records import Request
 from proxy.core.redact import Redactor
 from proxy.serve.entry import Entry, Row
@@ -22,6 +31,8 @@ from proxy.store import queries
 
 MISS_CANDIDATES = 16
 """How many recorded bodies a miss compares with the request, at most."""
+MISS_NARROW = 8 * MISS_CANDIDATES
+"""How many recordings, the most alike by body sketch and size, `shortlist` judges."""
 MISS_DEADLINE_S = 2.0
 """How long comparing them may take; past it, the closest of those compared is named."""
 PARSED_BYTES = 16 * 2**20
@@ -69,8 +80,7 @@ class Closest:
         if not recorded:
             return None
         deadline = time.monotonic() + MISS_DEADLINE_S
-        heads = [e.candidate for e in recorded]
-        picked = await asyncio.to_thread(shortlist, request, heads, self.rules, MISS_CANDIDATES)
+        picked = await asyncio.to_thread(_pick, request, recorded, self.rules)
         forms = await self._forms([recorded[i] for i in picked])
         if not forms:
             return None  # deleted from the store meanwhile
@@ -105,6 +115,16 @@ class Closest:
             ]
         position = {entry: i for i, entry in enumerate(entries)}
         return sorted(forms, key=lambda form: position[form[0]])  # ties: the earliest
+
+
+def _pick(request: Request, recorded: list[Entry], rules: MatchRules) -> list[int]:
+    """At most `MISS_CANDIDATES` recordings worth reading and comparing (run in a worker
+    thread): a cheap cut by the sketch and size of the bodies, then `shortlist`."""
+    heads = [e.candidate for e in recorded]
+    _, want = keyed(request, rules)
+    near = narrow(want, len(request.body), heads, MISS_NARROW)
+    picked = shortlist(request, [heads[i] for i in near], rules, MISS_CANDIDATES)
+    return [near[i] for i in picked]
 
 
 def _compare(

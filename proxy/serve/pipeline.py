@@ -82,6 +82,8 @@ async def upstream_request(request: web.Request, settings: Settings) -> Request:
 async def read_body(request: web.BaseRequest, limit_s: float) -> bytes:
     """The whole request body; `RequestTimeout` when it takes longer than `limit_s` (a
     client trickling a byte now and then must not hold a connection for good)."""
+    if request.content.is_eof():  # all of it arrived with the head (small bodies): no wait
+        return await request.read()
     try:
         async with asyncio.timeout(limit_s):
             return await request.read()

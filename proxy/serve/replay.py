@@ -29,9 +29,22 @@ from proxy.store import queries
 Page = queries.Page
 
 
+READ_AHEAD = 256
+"""Small bodies read at once: the one a replay needs and those recorded after it."""
+READ_AHEAD_BYTES = 4 * 2**20
+"""...at most this many bytes of them."""
+FIRST_READ = 16_384
+"""Small bodies the first replay of a cassette reads (from its first recording on), within
+half the cache's bytes: all of a cassette of common size, in one query."""
+
+
 class Bodies:
     """Where replayed events come from: the store, a page at a time, with small bodies kept
-    in memory (least recently used out first) so that a repeated replay reads nothing."""
+    in memory (least recently used out first, within `max_bytes`) so that a repeated replay
+    reads nothing. The first replay of a cassette reads its first `FIRST_READ` small bodies
+    (within half the cache); a small body not in memory after that is read with those
+    recorded after it (`READ_AHEAD` of them, in one query): a replay run asks for them in
+    that order. What is read is bounded by bytes, whatever the cassette holds."""
 
     def __init__(
         self, engine: AsyncEngine, *, max_bytes: int = 64 * 2**20, small: int = 256 * 2**10
@@ -41,7 +54,8 @@ class Bodies:
         self._small = small
         self._cached: OrderedDict[int, Page] = OrderedDict()
         self._size = 0
-        self._preloaded: dict[str, asyncio.Event] = {}
+        self._reading: dict[str, asyncio.Lock] = {}
+        self._first_read: set[str] = set()
 
     def forget(self, interaction_id: int) -> None:
         """Drop one body: SQLite may give a deleted interaction's id to a new one."""
@@ -53,25 +67,32 @@ class Bodies:
         """Forget every cached body (the store may have changed under this process)."""
         self._cached.clear()
         self._size = 0
-        self._preloaded.clear()
+        self._first_read.clear()
 
     def is_small(self, body_size: int) -> bool:
         return body_size <= self._small
 
-    async def _preload(self, cassette: str) -> None:
-        """The first replay from a cassette reads all its small bodies in one query; the
-        replays that arrive meanwhile wait for it."""
-        ready = self._preloaded.get(cassette)
-        if ready is not None:
-            await ready.wait()
-            return
-        ready = self._preloaded[cassette] = asyncio.Event()
-        try:
-            bodies = await queries.small_bodies(self._engine, cassette, self._small)
-            for interaction_id, events in bodies.items():
-                self._keep(interaction_id, events, sum(len(row[1]) for row in events))
-        finally:
-            ready.set()
+    async def _read_ahead(self, cassette: str, interaction_id: int) -> None:
+        """Read the small bodies of `cassette` from `interaction_id` on, unless a read that
+        was under way meanwhile brought this one (replays of one cassette read one at a
+        time: those waiting are most likely in the page being read)."""
+        lock = self._reading.setdefault(cassette, asyncio.Lock())
+        async with lock:
+            if interaction_id in self._cached:
+                return
+            if cassette not in self._first_read:
+                self._first_read.add(cassette)
+                first, count, budget = 0, FIRST_READ, self._max_bytes // 2
+            else:
+                first, count = interaction_id, READ_AHEAD
+                budget = min(READ_AHEAD_BYTES, self._max_bytes // 4)
+            bodies = await queries.small_bodies_from(
+                self._engine, cassette, self._small, first, count, budget
+            )
+            for read_id, events in bodies.items():
+                self._keep(read_id, events, sum(len(row[1]) for row in events))
+        if interaction_id not in self._cached and first == 0:
+            await self._read_ahead(cassette, interaction_id)  # beyond the first read
 
     async def pages(
         self, cassette: str, interaction_id: int, body_size: int
@@ -83,8 +104,9 @@ class Bodies:
             yield page
 
     async def small_body(self, cassette: str, interaction_id: int, body_size: int) -> Page:
-        """A small body's events, from memory once its cassette's small bodies are read."""
-        await self._preload(cassette)
+        """A small body's events, from memory once read (with those recorded after it)."""
+        if interaction_id not in self._cached:
+            await self._read_ahead(cassette, interaction_id)
         cached = self._cached.get(interaction_id)
         if cached is not None:
             self._cached.move_to_end(interaction_id)

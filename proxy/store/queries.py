@@ -119,11 +119,17 @@ async def require(source: Source, name: str) -> int:
 
 
 async def interactions(
-    source: Source, cassette: str, *, required: bool = False, finished_only: bool = False
+    source: Source,
+    cassette: str,
+    *,
+    required: bool = False,
+    finished_only: bool = False,
+    after: int = 0,
 ) -> list[StoredInteraction]:
     """A cassette's interactions in recording order (none for a cassette that does not
     exist, or `CassetteNotFound` when `required`). `finished_only` leaves out those still
-    being recorded."""
+    being recorded; `after` those whose id is not above it (`number` then counts from the
+    first one returned)."""
     stmt = (
         select(
             Interaction.id,
@@ -148,6 +154,8 @@ async def interactions(
     )
     if finished_only:
         stmt = stmt.where(Interaction.outcome != Outcome.RECORDING.value)
+    if after:
+        stmt = stmt.where(Interaction.id > after)
     async with connected(source) as conn:
         if required:
             await require(conn, cassette)
@@ -306,45 +314,89 @@ async def messages(source: Source, interaction_id: int) -> list[MessageRecord]:
     return [m async for page in message_pages(source, interaction_id, 1024) for m in page]
 
 
+class _Joiner:
+    """Events from their stored rows: the parts of a large one joined."""
+
+    def __init__(self) -> None:
+        self.found: list[EventRecord] = []
+        self._parts: list[tuple[bytes, float, Pieces | None]] = []
+
+    def add(self, t_ms: float, data: bytes, text: str | None, continues: bool) -> None:
+        if not continues:
+            self.flush()
+        self._parts.append((data, t_ms, None if text is None else decode(text)))
+
+    def flush(self) -> list[EventRecord]:
+        if self._parts:
+            data, t_ms, pieces = joined(self._parts)
+            self.found.append(EventRecord(t_ms, data, pieces))
+            self._parts.clear()
+        return self.found
+
+
 async def events(source: Source, interaction_id: int) -> list[EventRecord]:
     """All of an interaction's events, in order (the parts of a large one joined)."""
-    found: list[EventRecord] = []
-    parts: list[tuple[bytes, float, Pieces | None]] = []
-
-    def flush() -> None:
-        if parts:
-            data, t_ms, pieces = joined(parts)
-            found.append(EventRecord(t_ms, data, pieces))
-            parts.clear()
-
+    joiner = _Joiner()
     async for t_ms, data, text, continues in event_rows(source, interaction_id):
-        if not continues:
-            flush()
-        parts.append((data, t_ms, None if text is None else decode(text)))
-    flush()
-    return found
+        joiner.add(t_ms, data, text, continues)
+    return joiner.flush()
 
 
-async def small_bodies(source: Source, cassette: str, max_size: int) -> dict[int, Page]:
-    """The events of every finished interaction of a cassette whose body is `max_size` bytes
-    or less, by interaction id, in order."""
+async def events_of(source: Source, ids: Sequence[int]) -> dict[int, list[EventRecord]]:
+    """The events of several interactions in one query, by interaction id, in order (the
+    parts of a large one joined; an interaction without events: an empty list)."""
+    joiners = {i: _Joiner() for i in ids}
     stmt = (
         select(Event.interaction_id, Event.t_ms, Event.data, Event.pieces, Event.continues)
-        .join(Interaction)
+        .where(Event.interaction_id.in_(ids))
+        .order_by(Event.interaction_id, Event.seq)
+    )
+    async with connected(source) as conn:
+        for row in await conn.execute(stmt):
+            joiners[row.interaction_id].add(row.t_ms, row.data, row.pieces, bool(row.continues))
+    return {i: joiner.flush() for i, joiner in joiners.items()}
+
+
+async def small_bodies_from(
+    source: Source, cassette: str, max_size: int, first_id: int, count: int, max_bytes: int
+) -> dict[int, Page]:
+    """The events of finished interactions of a cassette whose body is `max_size` bytes or
+    less, by interaction id, in order: from id `first_id` on, in recording order, at most
+    `count` of them and `max_bytes` of bodies (at least the first)."""
+    sizes = (
+        select(Interaction.id, Interaction.body_size)
         .join(Cassette)
         .where(
             Cassette.name == cassette,
+            Interaction.id >= first_id,
             Interaction.body_size <= max_size,
             Interaction.outcome != Outcome.RECORDING.value,
         )
-        .order_by(Event.interaction_id, Event.seq)
+        .order_by(Interaction.id)
+        .limit(count)
     )
     bodies: dict[int, Page] = {}
     async with connected(source) as conn:
-        for row in await conn.execute(stmt):
+        ids: list[int] = []
+        total = 0
+        for size_row in await conn.execute(sizes):
+            total += size_row.body_size
+            if ids and total > max_bytes:
+                break
+            ids.append(size_row.id)
+        if not ids:
+            return bodies
+        events = (
+            select(Event.interaction_id, Event.t_ms, Event.data, Event.pieces, Event.continues)
+            .where(Event.interaction_id.in_(ids))
+            .order_by(Event.interaction_id, Event.seq)
+        )
+        for row in await conn.execute(events):
             bodies.setdefault(row.interaction_id, []).append(
                 (row.t_ms, row.data, row.pieces, row.continues)
             )
+    for interaction_id in ids:
+        bodies.setdefault(interaction_id, [])  # an empty body is a body too
     return bodies
 
 
@@ -377,8 +429,9 @@ class Stamp:
     outcome: Outcome
 
 
-async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
-    """A cassette's interactions, in recording order, as little as tells them apart."""
+async def interaction_stamps(engine: AsyncEngine, cassette: str, since: int = 0) -> list[Stamp]:
+    """A cassette's interactions (those from id `since` on), in recording order, as little
+    as tells them apart."""
     stmt = (
         select(
             Interaction.id,
@@ -390,6 +443,8 @@ async def interaction_stamps(engine: AsyncEngine, cassette: str) -> list[Stamp]:
         .where(Cassette.name == cassette)
         .order_by(Interaction.ordinal, Interaction.id)
     )
+    if since:
+        stmt = stmt.where(Interaction.id >= since)
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return [Stamp(r.id, r.started_at, r.request_size or 0, Outcome(r.outcome)) for r in rows]

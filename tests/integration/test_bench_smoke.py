@@ -68,3 +68,21 @@ def test_the_ui_bench_serves_every_page(tmp_path: Path) -> None:
     for page in ("interaction, first screen", "interaction, timeline", "cassette, last page"):
         assert figures[page]["KiB"] > 1, page
     assert figures["ui RSS peak (MiB)"] >= figures["ui RSS before (MiB)"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_scale_loads_run_at_a_small_size(tmp_path: Path) -> None:
+    """`python -m bench.scale` at a small size: every replay came back byte-exact (it stops
+    at the first that does not), the miss answered 404, the directory's file held each
+    recording; every figure is there."""
+    json_out = tmp_path / "scale.json"
+    argv = [sys.executable, "-m", "bench.scale", "--sizes", "300", "--scale-requests", "100"]
+    argv += ["--dir-recordings", "20", "--json-out", str(json_out)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(json_out.read_text())
+    (size,) = results["sizes"]
+    assert size["interactions"] == 300
+    assert all(size[key] is not None for key in ("import_mb_s", "replay_p50_ms", "miss_ms"))
+    assert results["cassette_dir"]["recordings"] == 20
+    assert "| replay p50 ms |" in done.stdout

@@ -4,6 +4,7 @@ rewritten when a recording finishes, a corrupt one reported and skipped."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 from contextlib import closing
@@ -106,6 +107,8 @@ async def test_unchanged_files_are_not_loaded_again(
     caplog.clear()
 
     proxy = await start_proxy(upstream, mode="replay", cassette="c", cassette_dir=str(cassettes))
+    # The directory loads in the background: a request waits for it rather than missing.
+    assert (await ask(proxy.make_url("/v1/stream"), "one"))[0] == "replayed"
     await proxy.close()
     assert "0 loaded, 1 unchanged, 0 removed, 0 skipped" in caplog.text
     assert interactions(db_path) == before  # same rows, same ids
@@ -240,3 +243,44 @@ async def test_a_stream_still_running_at_shutdown_gets_into_its_file(
     await proxy.close()  # shuts down while the stream runs
     _, recs = cassette_file.loads((cassettes / "late.cassette.jsonl").read_bytes())
     assert [b"".join(e.data for e in r.events) for r in recs] == [b"data: 1\n\ndata: 2\n\n"]
+
+
+async def test_each_recording_is_appended_and_the_file_stays_what_export_writes(
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    tmp_path: Path,
+    db_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The k-th recording of a cassette costs what the first does: its lines are appended
+    and the header's count rewritten in place. The whole file is written only for the first
+    recording after start and when the count gains a digit (10): 2 of 25. The file is then
+    byte for byte what `rrproxy export` writes."""
+    caplog.set_level(logging.INFO, logger="proxy.cassettes.directory")
+    cassettes = tmp_path / "cassettes"
+    upstream = await start_upstream(counting_upstream())
+    proxy = await start_proxy(upstream, mode="record", cassette="c", cassette_dir=str(cassettes))
+    file = cassettes / "c.cassette.jsonl"
+    sizes = []
+    for k in range(1, 26):
+        await ask(proxy.make_url("/v1/stream"), f"question {k}")
+        await eventually(lambda k=k: file.exists() and f'"interactions": {k}}}' in _head(file))
+        sizes.append(file.stat().st_size)
+    await proxy.close()
+    how = [r.getMessage().split()[2:4] for r in caplog.records if "cassette 'c'" in r.getMessage()]
+    assert how.count(["written", "to"]) == 2
+    assert how.count(["appended", "to"]) == 23
+    grown = [b - a for a, b in itertools.pairwise(sizes)]
+    assert max(grown) < 1.1 * min(grown)  # a recording's lines (times vary), never the file
+    result = run_cli("export", "c", "-o", "-", "--db", str(db_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert file.read_text() == result.stdout
+    _, recs = cassette_file.loads(file.read_bytes())
+    assert [r.request.body for r in recs] == [
+        f'{{"q": "question {k}"}}'.encode() for k in range(1, 26)
+    ]
+
+
+def _head(file: Path) -> str:
+    with file.open() as f:
+        return f.readline()

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import logging
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.cassettes import file_format, transfer
+from proxy.config import database_url
+from proxy.core.records import Event, Outcome, Request, ResponseHead
+from proxy.store import migrate
+from proxy.store.engine import create_engine
 from tests.conftest import StartProxy, StartUpstream, close_quietly, tcp_server
 from tests.proc import eventually
 from tests.stores import rows
@@ -218,3 +227,92 @@ async def test_upstream_silent_mid_stream_leaves_nothing_behind(
             await eventually(lambda: upstream.closed == 3, within=WAIT_S)
         await proxy.close()
     assert outcomes(store_url) == [("upstream_broken", 1)] * 3
+
+
+LARGE = 5_000
+"""Recordings in the large cassette (all of one route, alike but for a number)."""
+
+
+def chat(n: int) -> dict[str, object]:
+    return {"model": "m", "messages": [{"role": "user", "content": f"question {n} " + "ab " * 60}]}
+
+
+@pytest.fixture
+async def large_store(db_path: Path, tmp_path: Path) -> Path:
+    """The store with cassette `large`, imported from a file of LARGE recordings."""
+    head = ResponseHead(200, (("Content-Type", "application/json"),))
+    recs = (
+        file_format.Recorded(
+            request=Request("POST", LARGE_URL, (), json.dumps(chat(n)).encode()),
+            response=head,
+            outcome=Outcome.COMPLETE,
+            error=None,
+            recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+            ttfb_ms=1.0,
+            duration_ms=1.0,
+            events=(Event(1.0, json.dumps({"n": n}).encode()),),
+        )
+        for n in range(LARGE)
+    )
+    path = tmp_path / "large.cassette.jsonl"
+    path.write_bytes(file_format.dump("large", recs))
+    engine = create_engine(database_url(str(db_path)), writer=True)
+    try:
+        await migrate.upgrade(engine)
+        await transfer.import_file(engine, path)
+    finally:
+        await engine.dispose()
+    return db_path
+
+
+LARGE_URL = "http://127.0.0.1:9/v1/chat/completions"  # never contacted: replay mode
+
+
+async def test_a_miss_on_a_large_cassette_does_not_stall_concurrent_replays(
+    large_store: Path, start_proxy: StartProxy
+) -> None:
+    """While a miss looks for the closest of 5,000 recordings (the event: its log line),
+    replays of other requests are answered, before the miss is: the miss's work is off the
+    event loop. The miss still names the closest recording and the one difference."""
+    explaining = asyncio.Event()
+
+    class Hook(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "the closest of" in record.getMessage():
+                explaining.set()
+
+    logger = logging.getLogger("proxy.serve.index")
+    hook, level = Hook(), logger.level
+    logger.addHandler(hook)
+    logger.setLevel(logging.DEBUG)
+    try:
+        proxy = await start_proxy(LARGE_URL.removesuffix("/v1/chat/completions"), mode="replay")
+        url = proxy.make_url("/v1/chat/completions")
+        headers = {"Rrproxy-Cassette": "large"}
+        async with aiohttp.ClientSession() as client, aiohttp.ClientSession() as other:
+
+            async def hit(n: int) -> None:
+                async with other.post(url, json=chat(n), headers=headers) as response:
+                    assert response.headers["Rrproxy-Source"] == "replayed"
+                    assert await response.json() == {"n": n}
+
+            await hit(0)  # reads the cassette
+            wanted = chat(4321)
+            wanted["model"] = "changed"
+            miss = asyncio.create_task(client.post(url, json=wanted, headers=headers))
+            await explaining.wait()
+            answered_meanwhile = 0
+            for n in range(1, 200):  # bounded: until the miss is answered
+                await hit(n)
+                if miss.done():
+                    break
+                answered_meanwhile += 1
+            async with await miss as response:
+                assert response.status == 404
+                message = (await response.json())["error"]["message"]
+        assert answered_meanwhile >= 1
+        assert message.endswith('differs: body field "model": "changed" != "m"')
+        await proxy.close()
+    finally:
+        logger.removeHandler(hook)
+        logger.setLevel(level)
