@@ -3,8 +3,6 @@ replay offline with the upstream gone, and a replay miss failing the test with t
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +12,7 @@ from proxy.cassettes import file_format as cassette_file
 from proxy.config import Mode
 from proxy.pytest_plugin import default_mode
 from tests.conftest import example_events, sse_event
+from tests.threaded import ThreadedServer
 
 pytest_plugins = ["pytester"]
 
@@ -36,21 +35,13 @@ def ask(text, **extra):
 """
 
 
-class Upstream:
+class Upstream(ThreadedServer):
     """A real aiohttp server streaming the recorded OpenAI Responses events, on its own
     event loop in a thread (the tests here are sync, as pytester is)."""
 
     def __init__(self) -> None:
         self.calls = 0
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
@@ -62,30 +53,8 @@ class Upstream:
         await response.write_eof()
         return response
 
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self._responses)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = runner.addresses[0][1]
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(30)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            assert self._loop is not None and self._stop is not None
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(30)
 
 
 @pytest.fixture

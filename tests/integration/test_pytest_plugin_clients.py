@@ -4,9 +4,7 @@ marker (and the errors naming that setting), and no empty cassette directories."
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +15,7 @@ from aiohttp import web
 from proxy.pytest_plugin import PLACEHOLDER_KEY, placeholder_keys
 from tests.conftest import example_events, sse_event
 from tests.integration.test_sdk_clients import ANTHROPIC_EVENTS
+from tests.threaded import ThreadedServer
 
 pytest_plugins = ["pytester"]
 # Each test runs pytest in a subprocess two or three times, each importing both SDKs: on a
@@ -66,7 +65,7 @@ def test_both(rrproxy):
 KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
 
 
-class Upstream:
+class Upstream(ThreadedServer):
     """A real aiohttp server with OpenAI's and Anthropic's streaming endpoints, on its own
     event loop in a thread (pytester runs are synchronous). Counts the calls by path and
     keeps the key each one carried."""
@@ -74,15 +73,7 @@ class Upstream:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.keys: list[str] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__()
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
         self.calls[request.path] += 1
@@ -99,31 +90,9 @@ class Upstream:
         await response.write_eof()
         return response
 
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self._stream)
         app.router.add_post("/v1/messages", self._stream)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = runner.addresses[0][1]
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(30)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            assert self._loop is not None and self._stop is not None
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(30)
 
 
 def _serving() -> Iterator[Upstream]:

@@ -3,14 +3,13 @@ replayed offline, and a client message that differs fails the test with the diff
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import WSMsgType, web
 
 from proxy.cassettes import file_format as cassette_file
+from tests.threaded import ThreadedServer
 
 pytest_plugins = ["pytester"]
 
@@ -32,16 +31,12 @@ def test_live(rrproxy):
 """
 
 
-class EchoUpstream:
+class EchoUpstream(ThreadedServer):
     """A WebSocket upstream on its own event loop in a thread (pytester's tests are sync)."""
 
     def __init__(self) -> None:
         self.sessions = 0
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+        super().__init__()
 
     async def _live(self, request: web.Request) -> web.StreamResponse:
         import json
@@ -55,30 +50,8 @@ class EchoUpstream:
                 await ws.send_str("echo " + json.loads(msg.data)["text"])
         return ws
 
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/live", self._live)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = runner.addresses[0][1]
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(30)
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            assert self._loop is not None and self._stop is not None
-            self._loop.call_soon_threadsafe(self._stop.set)
-            self._thread.join(30)
 
 
 @pytest.fixture
