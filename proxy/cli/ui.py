@@ -21,6 +21,7 @@ from proxy.ui.app import create_ui_app
 
 log = logging.getLogger("proxy")
 
+
 def ui_command(settings: Settings, args: argparse.Namespace) -> int:
     port = settings.port if args.port is not None else UI_PORT
     settings = replace(settings, port=port)

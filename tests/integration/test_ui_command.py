@@ -21,10 +21,12 @@ from tests.ui_support import UI, csrf
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def spawn(args: tuple[str, ...], cwd: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def spawn(args: tuple[str, ...], cwd: Path, port: int | None, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m proxy ui ARGS --port PORT` (no --port when None: its default)."""
+    listen = ("--port", str(port)) if port is not None else ()
     with log.open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "proxy", "ui", *args, "--port", str(port)],
+            [sys.executable, "-m", "proxy", "ui", *args, *listen],
             cwd=cwd,
             env=clean_env(),
             stdin=subprocess.DEVNULL,
@@ -141,15 +143,7 @@ async def test_the_help_names_the_port_the_command_listens_on(tmp_path: Path) ->
     assert found is not None, helped.stdout
     (tmp_path / "empty").mkdir()
     log = tmp_path / "ui.stderr"
-    with log.open("wb") as stderr:
-        popen = subprocess.Popen(  # no --port: the default
-            [sys.executable, "-m", "proxy", "ui", "--cassette-dir", str(tmp_path / "empty")],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
+    popen = spawn(("--cassette-dir", str(tmp_path / "empty")), tmp_path, None, log)
     said = re.compile(
         r"rrproxy ui on http://127\.0\.0\.1:(\d+)/|cannot listen on 127\.0\.0\.1:(\d+)"
     )
