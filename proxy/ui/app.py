@@ -78,7 +78,11 @@ def setup(app: web.Application, proxy_handler: Handler) -> Handler:
                 cassette_dir=Path(settings.cassette_dir) if settings.cassette_dir else None,
             )
             app[UI] = ui
-            yield
+            app[RUN].new_run_listeners.append(ui.misses.clear)  # POST /_rrproxy/reset too
+            try:
+                yield
+            finally:
+                app[RUN].new_run_listeners.remove(ui.misses.clear)
 
     app.cleanup_ctx.append(context)
 
