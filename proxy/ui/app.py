@@ -35,6 +35,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get(p + "/interactions/{id}", views.interaction)
     app.router.add_get(p + "/interactions/{id}/summary", views.summary)
     app.router.add_get(p + "/interactions/{id}/timeline", views.timeline)
+    app.router.add_get(p + "/interactions/{id}/messages/{n}", views.message_bytes)
     app.router.add_get(p + "/live", live.page)
     app.router.add_get(p + "/live/feed", live.feed)
     app.router.add_get(p + "/misses", views.misses)
