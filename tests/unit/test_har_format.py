@@ -276,17 +276,22 @@ def ws_entry(*messages: dict[str, Any], **changes: Any) -> dict[str, Any]:
 START = 1767323045.678  # the entry's startedDateTime, 2026-01-02T03:04:05.678Z
 
 
-def test_chromes_websocket_entry_is_a_session() -> None:
+def test_chromes_websocket_entry_is_a_session_and_a_101_without_messages_is_skipped() -> None:
     """Text, binary (base64), a close frame (no code: 1005) and pings left out, each at its
-    time less the entry's start."""
+    time less the entry's start; the `ws://` URL is the `http://` one rrproxy forwards to.
+    A 101 whose messages were not saved is skipped, as before."""
     obj = ws_entry(
         {"type": "receive", "time": START + 0.0105, "opcode": 1, "data": '{"type": "hi"}'},
         {"type": "send", "time": START + 0.02, "opcode": 9, "data": ""},
         {"type": "send", "time": START + 0.0301, "opcode": 2, "data": "AAH/"},
         {"type": "send", "time": START + 0.04, "opcode": 8, "data": ""},
     )
-    [rec], skipped = har.parse(har_of(obj), source="x.har")
-    assert skipped == [] and rec.websocket and not rec.untimed and rec.events == ()
+    bare = ws_entry()
+    del bare["_webSocketMessages"]
+    [rec], skipped = har.parse(har_of(obj, bare), source="x.har")
+    assert len(skipped) == 1 and skipped[0].startswith("entry 2") and "status 101" in skipped[0]
+    assert rec.websocket and not rec.untimed and rec.events == ()
+    assert rec.request.url == "http://127.0.0.1:1/v1/realtime"
     got = [(m.t_ms, m.from_client, m.kind.value, m.data, m.code) for m in rec.messages]
     assert got == [
         (10.5, False, "text", b'{"type": "hi"}', None),
@@ -294,13 +299,6 @@ def test_chromes_websocket_entry_is_a_session() -> None:
         (40.0, True, "close", b"", 1005),
     ]
     assert rec.duration_ms == 40.0
-
-
-def test_a_101_without_its_messages_is_skipped() -> None:
-    obj = ws_entry()
-    del obj["_webSocketMessages"]
-    recs, skipped = har.parse(har_of(obj), source="x.har")
-    assert recs == [] and "status 101" in skipped[0]
 
 
 @pytest.mark.parametrize(
