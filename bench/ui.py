@@ -2,17 +2,19 @@
 
 Not part of ``python -m bench`` (one scenario, run by hand). A store is filled directly
 (its schema made by rrproxy's migrations): one interaction of ``--events`` SSE events
-(about 200 bytes each, 1 ms apart, with a few long gaps) and a cassette of
-``--interactions`` interactions. Then ``rrproxy ui --db`` serves it, on 127.0.0.1, and
-each page is fetched: once cold, then ``--repeat`` times (the median is reported). The
-first screen of the interaction page (its head and first page of events; the timeline of
-a stream over 10,000 events and the LLM summary are fetched by the page afterwards, and
-timed apart), its last page, the cassette
-page of the big cassette (first and last page) and the cassette list. The UI process's RSS
+(about 200 bytes each, 1 ms apart, with a few long gaps), a cassette of
+``--interactions`` interactions and a WebSocket session of ``--messages`` messages. Then
+``rrproxy ui --db`` serves it, on 127.0.0.1, and each page is fetched: once cold, then
+``--repeat`` times (the median is reported). The first screen of the interaction page (its
+head and first page of events; the timeline of a stream over 10,000 events and the LLM
+summary are fetched by the page afterwards, and timed apart), its last page, the same for
+the session (first screen, timeline, last page of messages), the cassette page of the big
+cassette (first and last page) and the cassette list. The UI process's RSS
 is read before the first page and after the last, with its peak (VmHWM): paged queries
 keep it flat however long the stream.
 
-    .venv/bin/python -m bench.ui [--events 100000] [--interactions 10000] [--repeat 5]
+    .venv/bin/python -m bench.ui [--events 100000] [--interactions 10000]
+        [--messages 100000] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -42,6 +44,34 @@ async def migrate(db: Path) -> None:
 
     async with open_store(f"sqlite+aiosqlite:///{db}", writer=True, migrate=True):
         pass
+
+
+def fill_session(db: Path, messages: int) -> int:
+    """A WebSocket session of `messages` text messages (~200 bytes, one in ten from the
+    client, 1 ms apart) ending with the client's close; its interaction id."""
+    now = datetime.now(UTC).isoformat()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("INSERT INTO cassettes (name, created_at) VALUES ('session', ?)", (now,))
+        cassette = conn.execute("SELECT max(id) FROM cassettes").fetchone()[0]
+        payloads = [_event(n)[40:-2] for n in range(messages)]  # an event's JSON
+        conn.execute(
+            "INSERT INTO interactions (cassette_id, method, url, request_headers, request_body,"
+            " status, response_headers, outcome, error, started_at, ttfb_ms, duration_ms,"
+            " event_count, body_size) VALUES (?, 'GET', 'wss://api.openai.com/v1/realtime',"
+            " '[]', x'', 101, '[]', 'complete', NULL, ?, 5.0, ?, ?, ?)",
+            (cassette, now, 10.0 + messages, messages + 1, sum(map(len, payloads))),
+        )
+        session = conn.execute("SELECT max(id) FROM interactions").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO messages (interaction_id, seq, t_ms, from_client, kind, data, code)"
+            " VALUES (?, ?, ?, ?, 'text', ?, NULL)",
+            ((session, n, 10.0 + n, n % 10 == 0, payloads[n]) for n in range(messages)),
+        )
+        conn.execute(
+            "INSERT INTO messages VALUES (?, ?, ?, 1, 'close', x'', 1000)",
+            (session, messages, 10.0 + messages),
+        )
+    return int(session)
 
 
 def fill(db: Path, events: int, interactions: int) -> int:
@@ -119,6 +149,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         t = time.perf_counter()
         await migrate(db)
         big = fill(db, args.events, args.interactions)
+        session = fill_session(db, args.messages)
         print(f"store filled in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         port = procs.free_port()
         argv = [sys.executable, "-m", "proxy", "ui", "--db", str(db), "--port", str(port)]
@@ -130,6 +161,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                 "interaction, timeline": f"{UI}/interactions/{big}/timeline",
                 "interaction, last page": f"{UI}/interactions/{big}?event={args.events}",
                 "interaction, LLM summary": f"{UI}/interactions/{big}/summary",
+                "session, first screen": f"{UI}/interactions/{session}",
+                "session, timeline": f"{UI}/interactions/{session}/timeline",
+                "session, last page": f"{UI}/interactions/{session}?message={args.messages}",
                 "cassette, first page": f"{UI}/cassettes/many",
                 "cassette, last page": f"{UI}/cassettes/many?page={last_page}",
                 "cassette list": f"{UI}/",
@@ -142,13 +176,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     figures["ui RSS before (MiB)"] = round(rss_before, 1)
     figures["ui RSS after (MiB)"] = round(rss_after, 1)
     figures["ui RSS peak (MiB)"] = round(peak, 1)
-    return {"events": args.events, "interactions": args.interactions, "figures": figures}
+    return {
+        "events": args.events,
+        "interactions": args.interactions,
+        "messages": args.messages,
+        "figures": figures,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ui", description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--interactions", type=int, default=10_000)
+    parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)

@@ -72,6 +72,10 @@ def parse_duration(v: Any) -> float:
     return x
 
 
+UI_PORT = 8081
+"""`rrproxy ui`'s port unless --port says otherwise: beside a proxy on the default 8080."""
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"

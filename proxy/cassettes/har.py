@@ -7,7 +7,8 @@ with `_`): `_rrproxy_events` (each event's `t` and `data` or `b64`, the bytes ex
 recorded, compressed or not) and `_rrproxy` (outcome, error, recorded_at, ttfb_ms,
 duration_ms, a request body that is not UTF-8, and `untimed` when the interaction was itself
 imported without event timing), so that importing an rrproxy HAR gives back exactly the
-cassette that was exported.
+cassette that was exported. A WebSocket session's messages are written as Chrome DevTools
+writes them, in the entry's `_webSocketMessages` (`proxy.cassettes.har_websocket`).
 
 Import reads HARs from browsers (Chrome, Firefox), Playwright's `record_har` and mitmproxy.
 Those save the body decoded and whole: `Content-Encoding` and `Content-Length` are dropped
@@ -15,7 +16,8 @@ Those save the body decoded and whole: `Content-Encoding` and `Content-Length` a
 at the time to first byte, which is all HAR records of it (the `timings` before `receive`),
 marked `untimed`: it replays at `untimed_pace`, instant unless told otherwise.
 Pseudo-headers (`:authority`) are dropped. An entry whose body was not saved, or that got no
-response (status 0), is skipped and reported.
+response (status 0), is skipped and reported; so is a 101 without `_webSocketMessages`
+(a 101 with them is a WebSocket session, its messages imported).
 
 A text body is turned back into the bytes that were sent with the charset it was decoded
 with (HAR 1.2: "trans-coded from its original character set into UTF-8"): the response's
@@ -34,14 +36,17 @@ import json
 import re
 import zlib
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from proxy import __version__
+from proxy.cassettes import har_websocket
 from proxy.cassettes.file_format import Recorded, format_time
 from proxy.cassettes.foreign import checked, entry_error, source_entry, text_pairs, whole_body
+from proxy.core.messages import Message
 from proxy.core.records import Event, Headers, Outcome, Request, ResponseHead
 from proxy.errors import CassetteFileError
 
@@ -83,7 +88,7 @@ def entry(rec: Recorded) -> dict[str, Any]:
         ours["untimed"] = True
     request: dict[str, Any] = {
         "method": rec.request.method,
-        "url": rec.request.url,
+        "url": har_websocket.har_url(rec.request.url) if rec.websocket else rec.request.url,
         "httpVersion": "HTTP/1.1",
         "cookies": [],
         "headers": _har_headers(rec.request.headers),
@@ -101,6 +106,10 @@ def entry(rec: Recorded) -> dict[str, Any]:
             ours["request_body_b64"] = base64.b64encode(rec.request.body).decode("ascii")
         mime = _header(rec.request.headers, "content-type") or "application/octet-stream"
         request["postData"] = {"mimeType": mime, "params": [], "text": text}
+    session: dict[str, Any] = {}
+    if rec.websocket:  # as Chrome saves one; the closes (and exact times) are rrproxy's
+        messages, ours["closes"] = har_websocket.to_har(rec.messages, rec.recorded_at)
+        session = {"_resourceType": "websocket", har_websocket.FIELD: messages}
     return {
         "startedDateTime": _started_text(rec.recorded_at),
         "time": ttfb + receive,
@@ -128,6 +137,7 @@ def entry(rec: Recorded) -> dict[str, Any]:
         },
         "_rrproxy": ours,
         "_rrproxy_events": [_event_json(e) for e in rec.events],
+        **session,
     }
 
 
@@ -223,7 +233,7 @@ def parse(data: bytes, *, source: str) -> tuple[list[Recorded], list[str]]:
         if not isinstance(req, dict) or not isinstance(resp, dict):
             raise entry_error(source, f"entry {i + 1}", "needs a 'request' and a 'response'")
         where = source_entry(i, req.get("method"), req.get("url"))
-        why = _unusable(req.get("method"), resp)
+        why = _unusable(req.get("method"), resp, obj)
         if why is not None:
             skipped.append(f"{where}: {why}")
             continue
@@ -232,8 +242,10 @@ def parse(data: bytes, *, source: str) -> tuple[list[Recorded], list[str]]:
     return recs, skipped
 
 
-def _unusable(method: Any, resp: dict[str, Any]) -> str | None:
+def _unusable(method: Any, resp: dict[str, Any], obj: dict[str, Any]) -> str | None:
     status = resp.get("status")
+    if status == 101 and har_websocket.FIELD in obj:
+        return None  # a WebSocket session with its messages
     if status == 0 or (isinstance(status, int) and 100 <= status < 200):
         return f"no final response (status {status}: failed, blocked or upgraded)"
     content = resp.get("content")
@@ -272,9 +284,25 @@ def _interaction(
     status = resp.get("status")
     if not isinstance(status, int) or isinstance(status, bool):
         raise entry_error(source, where, "response: 'status' must be a whole number")
+    if status == 101:  # a WebSocket handshake: the URL it was forwarded to
+        request = replace(request, url=har_websocket.stored_url(request.url))
     if ours is not None and isinstance(obj.get("_rrproxy_events"), list):
         return _ours(obj, ours, request, ResponseHead(status, headers), source, where)
     ttfb, duration = _timing(obj)
+    if status == 101:  # a WebSocket session, timed by its messages
+        started = _started(obj.get("startedDateTime"), source, where)
+        messages = har_websocket.from_har(obj[har_websocket.FIELD], None, started, source, where)
+        return Recorded(
+            request=request,
+            response=ResponseHead(status, headers),
+            outcome=Outcome.COMPLETE,
+            error=None,
+            recorded_at=started,
+            ttfb_ms=ttfb,
+            duration_ms=max([duration, *(m.t_ms for m in messages)]),
+            events=(),
+            messages=messages,
+        )
     charset = _charset(headers, resp.get("content"), decoding)
     body = b""
     if not _bodiless(request.method, status):
@@ -311,17 +339,24 @@ def _ours(
         if not isinstance(t, int | float) or isinstance(t, bool):
             raise entry_error(source, where, "_rrproxy_events: each event needs a 't'")
         events.append(Event(float(t), _data(e, "data", "b64", source, where)))
+    recorded_at = _started(ours.get("recorded_at"), source, where)
+    messages: tuple[Message, ...] = ()
+    if head.status == 101:
+        messages = har_websocket.from_har(
+            obj.get(har_websocket.FIELD, []), ours.get("closes"), recorded_at, source, where
+        )
     return Recorded(
         request=request,
         response=head,
         outcome=outcome,
         error=ours.get("error"),
-        recorded_at=_started(ours.get("recorded_at"), source, where),
+        recorded_at=recorded_at,
         ttfb_ms=_ms(ours.get("ttfb_ms"), source, where, "ttfb_ms"),
         duration_ms=None
         if ours.get("duration_ms") is None
         else _ms(ours["duration_ms"], source, where, "duration_ms"),
         events=tuple(events),
+        messages=messages,
         untimed=_flag(ours.get("untimed", False), source, where, "untimed"),
     )
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from proxy import __version__
-from proxy.config import Mode, Settings, load_settings, parse_duration
+from proxy.config import UI_PORT, Mode, Settings, load_settings, parse_duration
 from proxy.core.records import check_cassette_name
 from proxy.errors import ConfigError, RrproxyError
 
@@ -46,10 +46,21 @@ def _options() -> dict[str, argparse.ArgumentParser]:
         metavar="DIR",
         help="the team's cassettes as NAME.cassette.jsonl files (loaded first)",
     )
+    return {
+        "common": common,
+        "store": store,
+        "dir": directory,
+        "listen": _listen("the proxy's", Settings.port),
+        "listen-ui": _listen("the UI's", UI_PORT),
+    }
+
+
+def _listen(whose: str, port: int) -> argparse.ArgumentParser:
+    """--host and --port, their help naming the defaults the command uses."""
     listen = argparse.ArgumentParser(add_help=False)
-    listen.add_argument("--host", help="the proxy's address (default 127.0.0.1)")
-    listen.add_argument("--port", help="the proxy's port (default 8080)")
-    return {"common": common, "store": store, "dir": directory, "listen": listen}
+    listen.add_argument("--host", help=f"{whose} address (default {Settings.host})")
+    listen.add_argument("--port", help=f"{whose} port (default {port})")
+    return listen
 
 
 def _cassette_name(value: str) -> str:
@@ -111,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         "ui",
         "proxy.cli.ui:ui_command",
         "browse a store or a directory of cassette files in the web UI (no proxying)",
-        *shared,
+        "common",
+        "store",
+        "dir",
+        "listen-ui",
     )
     _flag(ui, "--writable", text="allow deletes from the UI (read-only otherwise)")
     _flag(ui, "--allow-remote", text="listen beyond loopback (--host 0.0.0.0)")

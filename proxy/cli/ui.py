@@ -13,16 +13,13 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.cli.store import check_location
-from proxy.config import Settings
+from proxy.config import UI_PORT, Settings
 from proxy.core.hosts import is_loopback
 from proxy.errors import ConfigError
 from proxy.serve.admin import UI_PREFIX
 from proxy.ui.app import create_ui_app
 
 log = logging.getLogger("proxy")
-
-UI_PORT = 8081
-"""`rrproxy ui`'s port unless --port says otherwise: beside a proxy on 8080."""
 
 
 def ui_command(settings: Settings, args: argparse.Namespace) -> int:

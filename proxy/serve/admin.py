@@ -135,10 +135,9 @@ async def messages(request: web.Request) -> web.Response:
 
 async def reset(request: web.Request) -> web.Response:
     """Start a new replay run: every counter back to zero, cassettes and bodies read again
-    from the store (which `rrproxy import`/`rm` may have changed meanwhile)."""
-    request.app[RUN].report.reset()
-    request.app[SERVICES].index.reset()
-    request.app[SERVICES].bodies.clear()
+    from the store (which `rrproxy import`/`rm` may have changed meanwhile), the UI's list
+    of misses emptied."""
+    request.app[RUN].new_run(request.app[SERVICES])
     return web.json_response({"status": "reset", "cassette": request.app[RUN].cassette})
 
 
@@ -150,9 +149,7 @@ async def set_cassette(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     request.app[RUN].cassette = name
-    request.app[RUN].report.reset()
-    request.app[SERVICES].index.reset()
-    request.app[SERVICES].bodies.clear()
+    request.app[RUN].new_run(request.app[SERVICES])
     return web.json_response({"status": "ok", "cassette": name})
 
 

@@ -46,6 +46,17 @@ class RunState:
     websockets: set[asyncio.Task[object]] = field(default_factory=set)
     """The handlers of the WebSocket sessions open now: stopped when the proxy stops (a
     session has no end of its own to wait for)."""
+    new_run_listeners: list[Callable[[], None]] = field(default_factory=list)
+    """Called when a new run starts (`new_run`): the UI forgets the last run's misses."""
+
+    def new_run(self, services: Services) -> None:
+        """Start a new replay run: every counter back to zero, cassettes and bodies read
+        again from the store, and what listens told."""
+        self.report.reset()
+        services.index.reset()
+        services.bodies.clear()
+        for listener in self.new_run_listeners:
+            listener()
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -50,10 +50,10 @@ async def _checked(request: web.Request, *, needs_proxy: bool = False) -> tuple[
 def _new_run(ui: Ui) -> None:
     """What the store holds changed (or the run was asked to restart): counters back to
     zero, cassettes read again."""
-    if ui.services is not None:
-        ui.services.index.reset()
-        ui.services.bodies.clear()
-    ui.misses.clear()
+    if ui.services is not None and ui.run is not None:
+        ui.run.new_run(ui.services)  # (which empties `ui.misses`, as POST /_rrproxy/reset)
+    else:
+        ui.misses.clear()
 
 
 async def delete_interaction(request: web.Request) -> web.Response:

@@ -35,6 +35,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get(p + "/interactions/{id}", views.interaction)
     app.router.add_get(p + "/interactions/{id}/summary", views.summary)
     app.router.add_get(p + "/interactions/{id}/timeline", views.timeline)
+    app.router.add_get(p + "/interactions/{id}/messages/{n}", views.message_bytes)
     app.router.add_get(p + "/live", live.page)
     app.router.add_get(p + "/live/feed", live.feed)
     app.router.add_get(p + "/misses", views.misses)
@@ -78,7 +79,11 @@ def setup(app: web.Application, proxy_handler: Handler) -> Handler:
                 cassette_dir=Path(settings.cassette_dir) if settings.cassette_dir else None,
             )
             app[UI] = ui
-            yield
+            app[RUN].new_run_listeners.append(ui.misses.clear)  # POST /_rrproxy/reset too
+            try:
+                yield
+            finally:
+                app[RUN].new_run_listeners.remove(ui.misses.clear)
 
     app.cleanup_ctx.append(context)
 

@@ -53,8 +53,10 @@ class Misses:
         return next((m for m in self._kept if m.n == n), None)
 
     def clear(self) -> None:
+        """A new run: none yet."""
         self._kept.clear()
         self._bytes = 0
+        self.count = 0
 
 
 def watching(

@@ -18,7 +18,7 @@ from proxy.core.secrets_scan import scan_request, scan_response
 from proxy.errors import CassetteNotFound, SecretsFound
 from proxy.serve.nearest import Closest
 from proxy.store import queries
-from proxy.ui import reads, render, templating
+from proxy.ui import reads, render, templating, ws_session
 from proxy.ui.context import UI, Ui
 from proxy.ui.llm import Summary
 
@@ -130,9 +130,16 @@ async def interaction(request: web.Request) -> web.Response:
     h = await reads.head(ui.reader, interaction_id)
     if h is None:
         return page_not_found(request, f"no interaction {interaction_id} in the store")
-    event = _int(request, "event")
+    websocket = h.response.status == 101  # a session: its messages, not events
+    event = _int(request, "message" if websocket else "event")
     page = (event - 1) // reads.PAGE if event > 0 else max(_int(request, "page"), 0)
-    events = await reads.events_page(ui.reader, interaction_id, page=page)
+    events = [] if websocket else await reads.events_page(ui.reader, interaction_id, page=page)
+    messages = []
+    if websocket:
+        rows = await ws_session.messages_page(
+            ui.reader, interaction_id, page=page, upgraded_ms=h.row.ttfb_ms
+        )
+        messages = [ws_session.shown(m) for m in rows]
     tl = await _timeline_of(ui, h) if h.row.events <= INLINE_TIMELINE_EVENTS else None
     shown = []
     for e in events:
@@ -159,6 +166,8 @@ async def interaction(request: web.Request) -> web.Response:
             "h": h,
             "cassette_url": cassette_url(h.cassette),
             "events": shown,
+            "websocket": websocket,
+            "messages": messages,
             "page": page,
             "pages": max((h.row.events + reads.PAGE - 1) // reads.PAGE, 1),
             "body_kind": body_kind,
@@ -186,10 +195,13 @@ async def _timeline_of(ui: Ui, h: reads.Head) -> dict[str, Any]:
         ui.timelines.move_to_end(key)
         return cached
     span = max(h.row.duration_ms or 0.0, h.row.ttfb_ms, h.first_event_ms or 0.0, 1.0)
-    buckets, gaps = await reads.timeline(ui.reader, h.row.id, span)
-    if buckets:
-        span = max(span, buckets[-1].start_ms)
-    drawn = _timeline(buckets, gaps, span, h.row.ttfb_ms, h.first_event_ms)
+    if h.response.status == 101:  # a WebSocket session: its messages in two lanes
+        drawn = await ws_session.timeline(ui.reader, h.row.id, span, h.row.ttfb_ms)
+    else:
+        buckets, gaps = await reads.timeline(ui.reader, h.row.id, span)
+        if buckets:
+            span = max(span, buckets[-1].start_ms)
+        drawn = _timeline(buckets, gaps, span, h.row.ttfb_ms, h.first_event_ms)
     if h.row.outcome is not Outcome.RECORDING:
         ui.timelines[key] = drawn
         while len(ui.timelines) > CACHED_TIMELINES:
@@ -208,6 +220,24 @@ async def timeline(request: web.Request) -> web.Response:
         return page_not_found(request, "no such interaction")
     tl = await _timeline_of(ui, h)
     return templating.page("timeline_block.html", request, {"tl": tl, "h": h})
+
+
+async def message_bytes(request: web.Request) -> web.Response:
+    """A WebSocket message's payload as escaped bytes (what the page shows when a binary
+    message is opened), its first `MAX_SHOWN_BYTES` only."""
+    ui = request.app[UI]
+    try:
+        interaction_id, n = int(request.match_info["id"]), int(request.match_info["n"])
+    except ValueError:
+        return page_not_found(request, "an interaction's id and a message's n are numbers")
+    size, head = await ws_session.payload_head(ui.reader, interaction_id, n)
+    if size < 0:
+        return page_not_found(request, f"no message {n} in interaction {interaction_id}")
+    return web.Response(
+        text=ws_session.escaped_payload(size, head),
+        content_type="text/plain",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _timeline(

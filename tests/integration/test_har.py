@@ -11,12 +11,14 @@ import gzip
 import json
 import sqlite3
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from proxy.cassettes import file_format as cassette_file
 from tests.conftest import StartProxy, StartUpstream
 from tests.proc import run_cli
 
@@ -382,3 +384,73 @@ async def test_the_untimed_mark_survives_a_har_round_trip(db_path: Path, tmp_pat
     first = (tmp_path / "first.cassette.jsonl").read_bytes()
     assert (tmp_path / "again.cassette.jsonl").read_bytes() == first
     assert first.count(b'"untimed": true') == 5
+
+
+async def test_a_websocket_session_goes_to_har_as_chrome_writes_it_and_comes_back(
+    start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path, tmp_path: Path
+) -> None:
+    """A session recorded through the proxy: its HAR entry carries the messages in Chrome's
+    `_webSocketMessages`; rrproxy's HAR imports back to the same cassette file, and the
+    same HAR without rrproxy's own fields (as Chrome would have saved it) gives back every
+    message, in order, to the microsecond."""
+    from tests.integration.test_websocket import converse
+    from tests.integration.test_websocket_cassettes import record_conversation
+
+    recorded_replies, upstream_url, seen = await record_conversation(start_upstream, start_proxy)
+    assert cli("export", "voice", "-o", "voice.cassette.jsonl", cwd=tmp_path, db=db_path)[0] == 0
+    code, _, err = cli("export", "--to", "har", "voice", cwd=tmp_path, db=db_path)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "voice.har").read_text())
+    check_har_1_2(doc)
+    [entry] = doc["log"]["entries"]
+    assert entry["response"]["status"] == 101 and entry["_resourceType"] == "websocket"
+    assert entry["request"]["url"].startswith("ws://127.0.0.1:")  # as a browser names it
+    messages = entry["_webSocketMessages"]
+    assert len(messages) == 21  # the 22 less the close, which Chrome's list has no place for
+    start = datetime.fromisoformat(entry["_rrproxy"]["recorded_at"]).timestamp()
+    first = messages[0]
+    assert (first["type"], first["opcode"]) == ("receive", 1)
+    assert json.loads(first["data"])["type"] == "session.created"
+    assert abs(first["time"] - (start + first["_t"] / 1000)) < 1e-5  # epoch seconds
+    assert messages[1]["type"] == "send"
+    sent, answer = messages[-2:]
+    assert (sent["type"], sent["opcode"]) == ("send", 2)
+    assert base64.b64decode(sent["data"]) == b"\x00\x01audio\xff"
+    assert (answer["type"], base64.b64decode(answer["data"])) == ("receive", b"\xffoidua\x01\x00")
+    [close] = entry["_rrproxy"]["closes"]
+    assert (close["n"], close["from"], close["code"]) == (21, "client", 1000)
+
+    other = tmp_path / "other.db"
+    code, out, err = cli("import", "--from", "har", "voice.har", cwd=tmp_path, db=other)
+    assert code == 0, err
+    assert "imported cassette 'voice' from har: 1 interaction(s)" in out and "skipped" not in err
+    code, _, err = cli("export", "voice", "-o", "again.cassette.jsonl", cwd=tmp_path, db=other)
+    assert code == 0, err
+    original = (tmp_path / "voice.cassette.jsonl").read_bytes()
+    assert (tmp_path / "again.cassette.jsonl").read_bytes() == original
+
+    for m in messages:  # what Chrome writes: no rrproxy field
+        del m["_t"]
+    for field in ("_rrproxy", "_rrproxy_events"):
+        del entry[field]
+    (tmp_path / "chrome.har").write_text(json.dumps(doc))
+    third = tmp_path / "third.db"
+    code, out, err = cli("import", "--from", "har", "chrome.har", cwd=tmp_path, db=third)
+    assert code == 0, err
+    code, out, err = cli("show", "chrome", "--json", cwd=tmp_path, db=third)
+    assert code == 0, err
+    [session] = json.loads(out)["interactions"]
+    _, [recorded] = cassette_file.loads(original)
+    got = session["messages"]
+    assert len(got) == 21
+    data = [m for m in recorded.messages if m.kind.value != "close"]
+    for mine, theirs in zip(got, data, strict=True):
+        assert (mine["from"], mine["kind"]) == (theirs.who, theirs.kind.value)
+        payload = mine["text"].encode() if "text" in mine else base64.b64decode(mine["b64"])
+        assert payload == theirs.data
+        # startedDateTime keeps milliseconds: the offset is off by under 1 ms, never more
+        assert abs(mine["t"] - theirs.t_ms) < 1.0
+    proxy = await start_proxy(upstream_url, mode="replay", cassette="chrome", db=str(third))
+    url = str(proxy.make_url("/v1/realtime?model=gpt-realtime"))
+    assert await converse(url, "two") == recorded_replies  # offline: the upstream is stopped
+    assert len(seen.headers) == 1

@@ -170,6 +170,39 @@ async def test_the_misses_page_shows_the_miss_and_its_closest_recording(
     assert '<li>body field "model": "gpt-4o-mini" != "gpt-4o"</li>' in text
 
 
+async def test_a_new_run_from_the_admin_api_empties_the_misses(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """`POST /_rrproxy/reset` starts a new run: the misses page and `GET /_rrproxy/run`
+    list none of the last run's misses."""
+    proxy = await start_proxy(await start_upstream(Upstream().app()))
+    await record(proxy, "default")
+    await flush(proxy)
+
+    async def run_missed() -> int:
+        async with aiohttp.ClientSession() as client:
+            async with client.get(proxy.make_url("/_rrproxy/run")) as r:
+                run = await r.json()
+        return sum(c["missed"] for c in run["cassettes"])
+
+    async with aiohttp.ClientSession() as client:
+        async with client.post(
+            proxy.make_url("/v1/responses"),
+            json={**BODY, "model": "gpt-4o-mini"},
+            headers={"Rrproxy-Mode": "replay"},
+        ) as r:
+            assert r.status == 404
+    listed = await page(proxy, UI + "/misses")
+    assert listed.count('<article class="miss">') == 1 and "1 miss(es) in this run" in listed
+    assert await run_missed() == 1
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.make_url("/_rrproxy/reset"), json={}) as r:
+            assert r.status == 200, await r.text()
+    emptied = await page(proxy, UI + "/misses")
+    assert '<article class="miss">' not in emptied and "No replay miss in this run." in emptied
+    assert await run_missed() == 0
+
+
 async def test_compare_shows_the_one_event_that_differs(
     start_upstream: StartUpstream, start_proxy: StartProxy, db_path: Path
 ) -> None:

@@ -224,3 +224,37 @@ async def test_a_delete_through_the_ui_works_and_one_from_another_origin_does_no
     assert await page.locator("tr[data-cassette='drop']").count() == 0  # type: ignore[attr-defined]
     assert cassette_names(db_path) == ["keep"]
     assert w.errors == []
+
+
+async def test_a_websocket_session_shows_its_messages(
+    browser: object,
+    shots: Shots,
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+    db_path: Path,
+) -> None:
+    """A session recorded through the proxy: its page loads clean, shows the messages
+    both ways, and a binary message's bytes once it is opened."""
+    from tests.integration.test_websocket_cassettes import record_conversation
+
+    _, upstream_url, _ = await record_conversation(start_upstream, start_proxy)
+    proxy = await start_proxy(upstream_url, mode="replay", cassette="voice")
+    with closing(sqlite3.connect(db_path)) as db:
+        (session,) = [r[0] for r in db.execute("SELECT id FROM interactions")]
+    w = await new_page(browser)
+    page = w.page
+    await page.goto(str(proxy.make_url(f"{UI}/interactions/{session}")))  # type: ignore[attr-defined]
+    await page.wait_for_selector("#messages")  # type: ignore[attr-defined]
+    await page.wait_for_selector("svg.timeline.lanes rect.mark.up")  # type: ignore[attr-defined]
+    first = page.locator("#m1")  # type: ignore[attr-defined]
+    assert "←" in await first.locator("td.dir").inner_text()
+    await first.locator("td.data details summary").click()
+    assert '"type": "session.created"' in await first.locator("pre").inner_text()
+    binary = page.locator("#m20")  # type: ignore[attr-defined]
+    assert "→" in await binary.locator("td.dir").inner_text()
+    await binary.locator("details summary").click()
+    await page.wait_for_selector("#m20 pre:has-text('audio')")  # type: ignore[attr-defined]
+    assert await binary.locator("pre").inner_text() == "\\x00\\x01audio\\xff"
+    await page.evaluate("window.scrollTo(0, 0)")  # type: ignore[attr-defined]
+    await shots.take(page, "websocket")
+    assert w.errors == []

@@ -4,6 +4,7 @@ proxying nothing, read-only unless --writable, and guarded like the proxy's."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,12 @@ from tests.ui_support import UI, csrf
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def spawn(args: tuple[str, ...], cwd: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def spawn(args: tuple[str, ...], cwd: Path, port: int | None, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m proxy ui ARGS --port PORT` (no --port when None: its default)."""
+    listen = ("--port", str(port)) if port is not None else ()
     with log.open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "proxy", "ui", *args, "--port", str(port)],
+            [sys.executable, "-m", "proxy", "ui", *args, *listen],
             cwd=cwd,
             env=clean_env(),
             stdin=subprocess.DEVNULL,
@@ -128,3 +131,37 @@ def test_a_missing_store_or_both_sources_are_refused(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no such directory" in done.stderr
     done = run_cli("ui", "--host", "0.0.0.0", "--cassette-dir", str(EXAMPLES), cwd=tmp_path)
     assert done.returncode == 2 and "--allow-remote" in done.stderr
+
+
+async def test_the_help_names_the_port_the_command_listens_on(tmp_path: Path) -> None:
+    """`rrproxy ui --help` gives the default port; started without --port, the command
+    listens there (or, when something else holds that port, says it cannot: either way
+    its log names the port it used)."""
+    helped = run_cli("ui", "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    found = re.search(r"--port PORT\s+[^(]*\(default (\d+)\)", helped.stdout)
+    assert found is not None, helped.stdout
+    (tmp_path / "empty").mkdir()
+    log = tmp_path / "ui.stderr"
+    popen = spawn(("--cassette-dir", str(tmp_path / "empty")), tmp_path, None, log)
+    said = re.compile(
+        r"rrproxy ui on http://127\.0\.0\.1:(\d+)/|cannot listen on 127\.0\.0\.1:(\d+)"
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT_S
+        while (line := said.search(log.read_text())) is None:
+            assert loop.time() < deadline, log.read_text()
+            if popen.poll() is not None:  # ended: what it said is all in the log now
+                line = said.search(log.read_text())
+                assert line is not None, log.read_text()
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(popen.wait, 30)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+    assert (line.group(1) or line.group(2)) == found.group(1), log.read_text()

@@ -258,3 +258,64 @@ def test_export_writes_text_in_its_charset_and_another_tool_reads_it_back(
     foreign = {k: v for k, v in exported.items() if not k.startswith("_")}  # a browser's view
     [back], _ = har.parse(har_of(foreign), source="x.har")
     assert b"".join(e.data for e in back.events) == body
+
+
+def ws_entry(*messages: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A WebSocket handshake's entry as Chrome saves it, with these messages."""
+    obj = entry(
+        request__method="GET",
+        request__url="ws://127.0.0.1:1/v1/realtime",
+        response__status=101,
+        response__content={"size": 0, "mimeType": "x-unknown"},
+        **changes,
+    )
+    del obj["request"]["postData"]
+    return {**obj, "_resourceType": "websocket", "_webSocketMessages": list(messages)}
+
+
+START = 1767323045.678  # the entry's startedDateTime, 2026-01-02T03:04:05.678Z
+
+
+def test_chromes_websocket_entry_is_a_session_and_a_101_without_messages_is_skipped() -> None:
+    """Text, binary (base64), a close frame (no code: 1005) and pings left out, each at its
+    time less the entry's start; the `ws://` URL is the `http://` one rrproxy forwards to.
+    A 101 whose messages were not saved is skipped, as before."""
+    obj = ws_entry(
+        {"type": "receive", "time": START + 0.0105, "opcode": 1, "data": '{"type": "hi"}'},
+        {"type": "send", "time": START + 0.02, "opcode": 9, "data": ""},
+        {"type": "send", "time": START + 0.0301, "opcode": 2, "data": "AAH/"},
+        {"type": "send", "time": START + 0.04, "opcode": 8, "data": ""},
+    )
+    bare = ws_entry()
+    del bare["_webSocketMessages"]
+    [rec], skipped = har.parse(har_of(obj, bare), source="x.har")
+    assert len(skipped) == 1 and skipped[0].startswith("entry 2") and "status 101" in skipped[0]
+    assert rec.websocket and not rec.untimed and rec.events == ()
+    assert rec.request.url == "http://127.0.0.1:1/v1/realtime"
+    got = [(m.t_ms, m.from_client, m.kind.value, m.data, m.code) for m in rec.messages]
+    assert got == [
+        (10.5, False, "text", b'{"type": "hi"}', None),
+        (30.1, True, "binary", b"\x00\x01\xff", None),
+        (40.0, True, "close", b"", 1005),
+    ]
+    assert rec.duration_ms == 40.0
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ({"type": "sent", "time": START, "opcode": 1, "data": "a"}, "must be send or receive"),
+        ({"type": "send", "time": START, "opcode": 3, "data": "a"}, "'opcode' must be 1"),
+        ({"type": "send", "time": START, "opcode": 2, "data": "%%"}, "is not base64"),
+        ({"type": "send", "time": "now", "opcode": 1, "data": "a"}, "'time' must be seconds"),
+        ({"type": "send", "time": START, "opcode": 1, "data": 5}, "'data' must be text"),
+        ({"type": "send", "time": START, "opcode": 1, "data": "a", "_t": -1}, "'_t' must be"),
+    ],
+)
+def test_a_bad_websocket_message_is_refused_naming_the_entry(
+    message: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(CassetteFileError) as caught:
+        har.parse(har_of(ws_entry(message)), source="x.har")
+    assert reason in str(caught.value) and "entry 1" in str(caught.value)
+    assert "_webSocketMessages[0]" in str(caught.value)

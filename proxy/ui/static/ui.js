@@ -69,6 +69,18 @@
       .catch(() => { part.innerHTML = title + "<p class=muted>could not be read</p>"; });
   }
 
+  // A WebSocket message's bytes, read when its row is opened (the page carries none).
+  document.addEventListener("toggle", (event) => {
+    const part = event.target;
+    if (!part.open || !part.dataset || !part.dataset.bytes || part.dataset.read) return;
+    part.dataset.read = "1";
+    const pre = part.querySelector("pre");
+    fetch(part.dataset.bytes, { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.text() : Promise.reject(new Error(r.statusText))))
+      .then((text) => { pre.textContent = text; })
+      .catch(() => { pre.textContent = "could not be read"; delete part.dataset.read; });
+  }, true);
+
   // The live page: recordings over SSE, each timeline growing as its events arrive.
   const live = document.getElementById("live");
   if (live) {
